@@ -1,0 +1,134 @@
+"""The ``gradtune`` command line: sweep, validate, ui, workloads.
+
+Every user error (bad spec, bad flag, bad plug-in) is one line on stderr and exit code 2;
+``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from gradtune import spec as spec_mod
+from gradtune.errors import GradtuneError
+
+log = logging.getLogger(__name__)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # argparse prints usage plus the error; gradtune's contract is one line, exit 2.
+        raise GradtuneError(f"{self.prog}: {message}")
+
+
+def _sweep_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    overrides = dict(spec_mod.parse_set(item) for item in args.set)
+    flags = {
+        "search.trials": args.trials,
+        "tracking.uri": args.tracking_uri,
+        "tracking.experiment": args.experiment,
+        "storage": args.storage,
+    }
+    overrides.update({k: v for k, v in flags.items() if v is not None})
+    return overrides
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    spec = spec_mod.load(args.spec, _sweep_overrides(args))
+    # Imported here: validate/ui must not pay for torch and Ray.
+    from gradtune import report, sweep
+
+    result = sweep.run(spec, address=args.address)
+    print(report.summary(result))
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    spec = spec_mod.load(args.spec, dict(spec_mod.parse_set(item) for item in args.set))
+    from gradtune import search_space
+
+    if spec.search.sampler == "grid":
+        trials = f"{len(search_space.grid_points(spec.search.space))} grid points"
+    else:
+        trials = f"{spec.search.trials} trials"
+    print(f"{args.spec}: ok ({spec.name}: workload {spec.workload.name}, {trials}, "
+          f"{spec.training.steps} steps each)")
+    if args.print:
+        print(spec_mod.dump(spec), end="")
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from gradtune.tracking import resolve_uri
+
+    uri = resolve_uri(args.tracking_uri)
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+               "--host", args.host, "--port", str(args.port)]
+    print(f"MLflow UI for {uri} at http://{args.host}:{args.port}", flush=True)
+    os.execv(sys.executable, command)
+    return 0  # not reached
+
+
+def cmd_workloads(args: argparse.Namespace) -> int:
+    from gradtune import workloads
+
+    for name in workloads.BUILTIN:
+        opts = ", ".join(f"{k}={v}" for k, v in workloads.options_of(name).items())
+        print(f"{name:14s} {opts}")
+    print("plug-in        module.path:factory (see README, 'Bring your own model')")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="gradtune", description="Sweeps for training stability.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    s = sub.add_parser("sweep", help="run a sweep from a YAML spec")
+    s.add_argument("spec", nargs="?", help="spec file (default: the embedded quickstart)")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec value, e.g. training.steps=50 or search.space.norm=[layer]")
+    s.add_argument("--trials", type=int, help="number of trials (search.trials)")
+    s.add_argument("--tracking-uri", help="MLflow tracking URI (tracking.uri)")
+    s.add_argument("--experiment", help="MLflow experiment (default: the spec's name)")
+    s.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else local)")
+    s.add_argument("--storage", help="Ray Tune storage path or URI for trial results")
+    s.set_defaults(func=cmd_sweep)
+
+    v = sub.add_parser("validate", help="check a spec without running it")
+    v.add_argument("spec")
+    v.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    v.add_argument("--print", action="store_true", help="print the resolved spec")
+    v.set_defaults(func=cmd_validate)
+
+    u = sub.add_parser("ui", help="open the MLflow UI on a tracking store")
+    u.add_argument("--tracking-uri", default=spec_mod.TrackingSpec().uri)
+    u.add_argument("--host", default="127.0.0.1")
+    u.add_argument("--port", type=int, default=5000)
+    u.set_defaults(func=cmd_ui)
+
+    w = sub.add_parser("workloads", help="list the built-in workloads and their options")
+    w.set_defaults(func=cmd_workloads)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    logging.basicConfig(level=logging.INFO if debug else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args = parser().parse_args(argv)
+        return int(args.func(args))
+    except GradtuneError as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,47 @@
+"""The end-of-sweep summary printed in the terminal."""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+from gradtune.sweep import SweepResult
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def summary(result: SweepResult) -> str:
+    """Counts per outcome, the best trial's hyperparameters and metrics, and the command
+    that opens the MLflow UI on the store the sweep wrote."""
+    spec = result.spec
+    counts = result.counts()
+    lines = [
+        "",
+        f"gradtune sweep '{spec.name}': {len(result.trials)} trials in {result.seconds:.0f}s",
+        "  " + "  ".join(f"{name}: {n}" for name, n in counts.items()),
+    ]
+    diverged = [t for t in result.trials.values() if t["outcome"] == "diverged"]
+    for t in diverged[:5]:
+        r = t["result"]
+        lines.append(f"    diverged at step {r.get('divergence_step', r.get('step'))}: "
+                     f"{r.get('divergence_reason', '')}")
+    if len(diverged) > 5:
+        lines.append(f"    ... and {len(diverged) - 5} more (tag gradtune.outcome=diverged)")
+    best = result.best()
+    metric = spec.search.metric
+    if best is None:
+        lines.append(f"  no trial completed with a finite {metric}")
+    else:
+        r = best["result"]
+        shown = {k: r[k] for k in ("val_loss", "val_accuracy", "train_loss") if k in r}
+        lines.append(f"  best trial ({metric} {spec.search.mode}): "
+                     + ", ".join(f"{k}={_fmt(v)}" for k, v in shown.items()))
+        lines.append("    " + ", ".join(f"{k}={_fmt(v)}" for k, v in best["params"].items()))
+        lines.append(f"    MLflow run {best['run_id']}")
+    lines += [
+        f"  MLflow: experiment '{result.experiment}', parent run {result.parent_run_id}",
+        f"  open the UI: python -m gradtune ui --tracking-uri {shlex.quote(result.tracking_uri)}",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,145 @@
+"""The driver-side Ray Tune scheduler: stops diverging trials, then leaves stable ones to
+an optional performance pruner (ASHA or the median stopping rule).
+
+Divergence decisions are pure functions in :mod:`gradtune.signals`; this wrapper only keeps
+per-trial state and translates verdicts into Tune decisions, so a Ray upgrade touches one
+file. All state is plain dicts of floats and strings, so Tune can pickle it on checkpoint.
+
+NaN and inf: a result whose objective or gradient norm is not finite is a divergence verdict
+here (``STOP``), so no performance pruner ever compares a NaN (where ``nan < cutoff`` is
+False and would mean "continue").
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import defaultdict
+from typing import Any
+
+from ray.tune import Callback
+from ray.tune.schedulers import (
+    AsyncHyperBandScheduler,
+    FIFOScheduler,
+    MedianStoppingRule,
+    TrialScheduler,
+)
+
+from gradtune import signals
+from gradtune.spec import SweepSpec
+
+log = logging.getLogger(__name__)
+
+
+def performance_scheduler(spec: SweepSpec) -> TrialScheduler:
+    """ASHA / median rule on the spec's objective, over training steps; FIFO for ``none``."""
+    d, s = spec.divergence, spec.search
+    grace = d.grace_reports * spec.training.report_every
+    if d.scheduler == "asha":
+        return AsyncHyperBandScheduler(
+            time_attr="step", metric=s.metric, mode=s.mode, max_t=spec.training.steps,
+            grace_period=min(grace, spec.training.steps),
+        )
+    if d.scheduler == "median":
+        return MedianStoppingRule(
+            time_attr="step", metric=s.metric, mode=s.mode, grace_period=grace,
+            min_samples_required=3,
+        )
+    return FIFOScheduler()
+
+
+class DivergenceScheduler(TrialScheduler):
+    """Stops a trial that reported divergence, or whose gradient norm is an outlier against
+    the other trials at the same step; otherwise defers to ``inner``.
+
+    ``verdicts`` (trial id -> reason, step) and ``pruned`` (trial ids stopped by ``inner``)
+    say why each stopped trial stopped.
+    """
+
+    def __init__(self, spec: SweepSpec, inner: TrialScheduler | None = None) -> None:
+        super().__init__()
+        self.cfg = spec.divergence
+        self.metric_name = spec.search.metric
+        self.mode = spec.search.mode
+        self.inner = inner if inner is not None else performance_scheduler(spec)
+        # step -> trial id -> grad_norm at that step
+        self.norms: dict[int, dict[str, float]] = defaultdict(dict)
+        self.verdicts: dict[str, dict[str, Any]] = {}
+        self.pruned: set[str] = set()
+
+    @property
+    def metric(self) -> str | None:
+        return self.metric_name
+
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
+        # The inner pruner is built with the spec's objective; Tune may only confirm it.
+        return metric in (None, self.metric_name) and mode in (None, self.mode)
+
+    def decide(self, trial_id: str, result: dict[str, Any]) -> signals.Verdict | None:
+        """The divergence verdict for one result (pure bookkeeping, no Ray needed)."""
+        step = int(result.get("step", 0))
+        if result.get("diverged"):
+            return signals.Verdict(True, str(result.get("divergence_reason", "diverged")),
+                                   int(result.get("divergence_step", step)))
+        norm = float(result.get("grad_norm", math.nan))
+        objective = result.get(self.metric_name)
+        values = {"grad_norm": norm}
+        if isinstance(objective, (int, float)):
+            values[self.metric_name] = float(objective)
+        verdict = signals.nonfinite(step, **values)
+        if verdict is not None:
+            return verdict
+        cohort = [v for t, v in self.norms[step].items() if t != trial_id]
+        self.norms[step][trial_id] = norm
+        if self.cfg.cohort_factor:
+            return signals.cohort_outlier(
+                step, norm, cohort, self.cfg.cohort_factor, self.cfg.cohort_min_trials
+            )
+        return None
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        verdict = self.decide(trial.trial_id, result)
+        if verdict is not None:
+            self.verdicts[trial.trial_id] = {"reason": verdict.reason, "step": verdict.step}
+            # The inner pruner must forget the trial, or ASHA keeps a rung slot for it.
+            self.inner.on_trial_remove(tune_controller, trial)
+            return TrialScheduler.STOP
+        decision = self.inner.on_trial_result(tune_controller, trial, result)
+        if decision == TrialScheduler.STOP:
+            self.pruned.add(trial.trial_id)
+        return decision
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        self.inner.on_trial_add(tune_controller, trial)
+
+    def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
+        self.inner.on_trial_error(tune_controller, trial)
+
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+        if trial.trial_id not in self.verdicts:
+            self.inner.on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
+        if trial.trial_id not in self.verdicts:  # already removed from inner at the verdict
+            self.inner.on_trial_remove(tune_controller, trial)
+
+    def choose_trial_to_run(self, tune_controller: Any) -> Any:
+        return self.inner.choose_trial_to_run(tune_controller)
+
+    def debug_string(self) -> str:
+        return f"DivergenceScheduler: {len(self.verdicts)} diverged, {len(self.pruned)} pruned"
+
+
+class VerdictCallback(Callback):
+    """Writes the scheduler's verdict into the trial's result, in place (Tune allows
+    callbacks to do so), so the searcher, the tracking callback and the result grid all
+    see ``diverged=1`` with its reason. Must come before the tracking callback."""
+
+    def __init__(self, scheduler: DivergenceScheduler) -> None:
+        self.scheduler = scheduler
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        verdict = self.scheduler.verdicts.get(trial.trial_id)
+        if verdict is not None and not result.get("diverged"):
+            result.update(diverged=1, divergence_reason=verdict["reason"],
+                          divergence_step=verdict["step"])

@@ -1,0 +1,113 @@
+"""Optuna inside Ray Tune, taught by divergence.
+
+Ray's ``OptunaSearch`` tells Optuna a NaN objective, which Optuna turns into a FAIL that
+TPE ignores: diverged trials teach the sampler nothing and it keeps sampling the unstable
+region. :class:`DivergenceAwareSearch` tells every outcome instead:
+
+- a stable trial: ``COMPLETE`` with its objective and constraint ``-1`` (feasible);
+- a diverged trial: ``COMPLETE`` with constraint ``+1`` (infeasible) and, as its objective,
+  the worst finite objective seen so far (or its own last finite value, or 0), so TPE's
+  sampler ranks it below every stable trial (``Trial.set_constraint``);
+- a trial stopped for performance with a finite objective: ``PRUNED`` with that value;
+- an errored trial: ``FAIL``.
+
+Intermediate results with NaN/inf objectives are not reported to Optuna.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+from gradtune.search_space import define_by_run, grid_points
+from gradtune.spec import SweepSpec
+
+log = logging.getLogger(__name__)
+
+# Optuna's constraint name; > 0 is a violation (TPE ranks violators below feasible trials).
+CONSTRAINT = "diverged"
+
+
+def is_diverged(result: dict[str, Any] | None) -> bool:
+    return bool(result) and bool(result.get("diverged"))  # type: ignore[union-attr]
+
+
+class DivergenceAwareSearch(OptunaSearch):
+    """``OptunaSearch`` that tells Optuna about divergence (see the module docstring).
+
+    A verdict reached on the driver (the scheduler's cross-trial rule) reaches this class
+    through the trial's last result, which ``scheduler.VerdictCallback`` marks ``diverged``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._worst: float | None = None
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        value = result.get(self._metric)  # type: ignore[arg-type]
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+    ) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        ot_trial = self._ot_trials[trial_id]
+        value = (result or {}).get(self._metric)  # type: ignore[arg-type]
+        finite = isinstance(value, (int, float)) and math.isfinite(value)
+        diverged = is_diverged(result)
+        if error:
+            self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+        elif diverged:
+            ot_trial.set_constraint(CONSTRAINT, 1.0)
+            penalty = self._worst if self._worst is not None else (value if finite else self._sentinel())
+            self._ot_study.tell(ot_trial, float(penalty), state=TrialState.COMPLETE)
+        elif finite and (result or {}).get("final"):
+            ot_trial.set_constraint(CONSTRAINT, -1.0)
+            self._ot_study.tell(ot_trial, float(value), state=TrialState.COMPLETE)
+            self._note_worst(float(value))
+        else:
+            # Stopped early for performance: Optuna's PRUNED, ranked by its last intermediate
+            # value (reported in on_trial_result).
+            ot_trial.set_constraint(CONSTRAINT, -1.0)
+            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+        self._completed_trials.add(trial_id)
+
+    def _sentinel(self) -> float:
+        # A finite "worst possible" objective; the constraint already marks the trial bad.
+        return sys.float_info.max if self._mode == "min" else -sys.float_info.max
+
+    def _note_worst(self, value: float) -> None:
+        worse = max if self._mode == "min" else min
+        self._worst = value if self._worst is None else worse(self._worst, value)
+
+
+def make(spec: SweepSpec) -> tuple[DivergenceAwareSearch, int]:
+    """The searcher for ``spec`` and the number of trials to run."""
+    seed = spec.search_seed
+    space = spec.search.space
+    points: list[dict[str, Any]] | None = None
+    trials = spec.search.trials
+    if spec.search.sampler == "tpe":
+        sampler: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(seed=seed)
+    else:
+        sampler = optuna.samplers.RandomSampler(seed=seed)
+    if spec.search.sampler == "grid":
+        # The whole product, each point once, enqueued; the sampler never has to choose.
+        points = grid_points(space)
+        trials = len(points)
+    search = DivergenceAwareSearch(
+        space=define_by_run(space),
+        metric=spec.search.metric,
+        mode=spec.search.mode,
+        sampler=sampler,
+        points_to_evaluate=points,
+    )
+    return search, trials

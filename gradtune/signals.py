@@ -1,0 +1,192 @@
+"""Divergence rules: pure functions over streams of numbers, and the per-trial monitor that
+runs them on every training step.
+
+No torch, Ray or MLflow here: the rules are plain arithmetic on floats, tested directly.
+Each rule returns a :class:`Verdict` when it fires and ``None`` otherwise; each docstring
+states what NaN and inf do. Rules look only at what a single trial has seen so far, so a
+verdict never depends on other trials (the cross-trial rule lives in ``scheduler``).
+
+A stalled network is not a diverged one: a scale-invariant (BatchNorm) net can show huge raw
+gradient norms from step 1 and sit at chance loss forever without a NaN. The gradient rules
+are relative to the trial's own early history and need sustained growth, and the loss rules
+need the loss far above chance or far above the trial's own best, so such a trial is left to
+performance pruning.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from statistics import median
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Verdict:
+    diverged: bool
+    reason: str
+    step: int
+
+
+def _finite(values: Sequence[float]) -> bool:
+    return all(math.isfinite(v) for v in values)
+
+
+def nonfinite(step: int, **values: float) -> Verdict | None:
+    """Fires on the first NaN or +-inf among ``values`` (e.g. ``loss=..., grad_norm=...``)."""
+    for name, value in values.items():
+        if not math.isfinite(value):
+            return Verdict(True, f"{name} is {value}", step)
+    return None
+
+
+def log_slope(values: Sequence[float]) -> float:
+    """Least-squares slope of ``ln(value)`` per step. NaN if any value is <= 0 or not finite,
+    or if there are fewer than 2 values."""
+    n = len(values)
+    if n < 2 or not _finite(values) or min(values) <= 0:
+        return math.nan
+    logs = [math.log(v) for v in values]
+    mean_x, mean_y = (n - 1) / 2, sum(logs) / n
+    cov = sum((i - mean_x) * (y - mean_y) for i, y in enumerate(logs))
+    var = sum((i - mean_x) ** 2 for i in range(n))
+    return cov / var
+
+
+def grad_growth(step: int, norms: Sequence[float], factor: float) -> Verdict | None:
+    """Sustained exponential growth: over the window ``norms`` the fitted growth
+    ``exp(slope * (len - 1))`` is at least ``factor`` *and* most steps (>= 70%) went up.
+
+    A window holding NaN/inf or non-positive values is not judged here (``nonfinite``
+    catches non-finite values); a window shorter than 3 never fires."""
+    if len(norms) < 3:
+        return None
+    slope = log_slope(norms)
+    if math.isnan(slope):
+        return None
+    growth = math.exp(min(slope * (len(norms) - 1), 700.0))
+    rising = sum(b > a for a, b in zip(norms, norms[1:])) / (len(norms) - 1)
+    if growth >= factor and rising >= 0.7:
+        return Verdict(True, f"grad_norm grew {growth:.1e}x in {len(norms)} steps", step)
+    return None
+
+
+def grad_ceiling(step: int, norm: float, baseline: float, factor: float) -> Verdict | None:
+    """The gradient norm is above ``factor`` times the trial's own early baseline (the
+    median of its first steps). Never fires on a non-finite or non-positive baseline, or on
+    a NaN ``norm``; +inf fires (it is above any ceiling)."""
+    if not (math.isfinite(baseline) and baseline > 0) or math.isnan(norm):
+        return None
+    if norm > factor * baseline:
+        return Verdict(True, f"grad_norm {norm:.3g} is {norm / baseline:.1e}x its early median", step)
+    return None
+
+
+def loss_blowup(
+    step: int, losses: Sequence[float], reference: float, best: float, factor_ref: float,
+    factor_best: float,
+) -> Verdict | None:
+    """The loss stayed far up for the whole window: its smallest value is above
+    ``factor_ref`` x the reference (chance-level) loss, or above ``factor_best`` x the
+    trial's best loss so far (taken before the window) while also above the reference.
+
+    Judging the window's minimum makes a one-step spike that recovers pass. A window with
+    NaN/inf is left to ``nonfinite``; a non-finite or non-positive ``reference``/``best``
+    disables the comparison that uses it."""
+    if not losses or not _finite(losses):
+        return None
+    low = min(losses)
+    if math.isfinite(reference) and reference > 0 and low > factor_ref * reference:
+        return Verdict(
+            True, f"loss stayed above {low:.3g} ({low / reference:.1e}x chance) for {len(losses)} steps", step
+        )
+    if (
+        math.isfinite(best) and best > 0 and low > factor_best * best
+        and (not math.isfinite(reference) or low > reference)
+    ):
+        return Verdict(True, f"loss rose to {low:.3g}, {low / best:.1e}x its best {best:.3g}", step)
+    return None
+
+
+def update_ratio(step: int, ratios: Sequence[float], limit: float) -> Verdict | None:
+    """Every update in the window moved the weights by more than ``limit`` of their norm
+    (``||dw|| / ||w||``; healthy training sits near 1e-3). NaN ratios (rule off, or zero
+    weights) never fire; +inf counts as above the limit."""
+    if not ratios or any(math.isnan(r) for r in ratios):
+        return None
+    if min(ratios) > limit:
+        return Verdict(
+            True, f"update/weight ratio stayed above {min(ratios):.3g} for {len(ratios)} steps", step
+        )
+    return None
+
+
+class Monitor:
+    """Runs the rules on every step of one trial. ``cfg`` is the spec's ``divergence``
+    section (any object with its attributes); a rule whose threshold is ``None`` is off.
+
+    ``update`` returns the first verdict, or ``None``. The non-finite rule is always on and
+    fires even during the grace period; the others wait ``grace_steps`` steps.
+    """
+
+    def __init__(self, cfg: Any, reference_loss: float) -> None:
+        self.cfg = cfg
+        self.reference = reference_loss
+        self.early: list[float] = []
+        self.norms: deque[float] = deque(maxlen=cfg.window)
+        self.losses: deque[float] = deque(maxlen=cfg.window)
+        self.ratios: deque[float] = deque(maxlen=cfg.window)
+        self.best = math.inf
+        self.pending_best: deque[float] = deque(maxlen=cfg.window)
+
+    def update(self, step: int, loss: float, grad_norm: float, ratio: float = math.nan) -> Verdict | None:
+        verdict = nonfinite(step, loss=loss, grad_norm=grad_norm)
+        if verdict is not None or not self.cfg.enabled:
+            return verdict
+        self.norms.append(grad_norm)
+        self.losses.append(loss)
+        self.ratios.append(ratio)
+        # "Best so far" lags one window behind, so a loss rising inside the window is
+        # compared with where the trial was, not with itself.
+        if len(self.pending_best) == self.pending_best.maxlen:
+            self.best = min(self.best, self.pending_best[0])
+        self.pending_best.append(loss)
+        if len(self.early) < self.cfg.grace_steps:
+            self.early.append(grad_norm)
+            return None
+        return self._rules(step)
+
+    def _rules(self, step: int) -> Verdict | None:
+        cfg = self.cfg
+        full = len(self.norms) == self.norms.maxlen
+        checks = [
+            cfg.grad_ceiling and grad_ceiling(step, self.norms[-1], median(self.early), cfg.grad_ceiling),
+            full and cfg.grad_growth and grad_growth(step, list(self.norms), cfg.grad_growth),
+            full and cfg.loss_factor and loss_blowup(
+                step, list(self.losses), self.reference, self.best, cfg.loss_factor,
+                cfg.loss_vs_best or math.inf,
+            ),
+            full and cfg.update_ratio and update_ratio(step, list(self.ratios), cfg.update_ratio),
+        ]
+        return next((c for c in checks if c), None)
+
+
+def cohort_outlier(
+    step: int, value: float, cohort: Sequence[float], factor: float, min_trials: int
+) -> Verdict | None:
+    """Cross-trial rule: ``value`` (a trial's gradient norm at ``step``) is above ``factor``
+    x the median of the other trials' finite values at the same step.
+
+    Needs at least ``min_trials`` finite cohort values; NaN/inf cohort values are dropped;
+    a NaN ``value`` never fires (``nonfinite`` owns it), +inf does."""
+    finite = [v for v in cohort if math.isfinite(v)]
+    if len(finite) < min_trials or math.isnan(value):
+        return None
+    mid = median(finite)
+    if mid > 0 and value > factor * mid:
+        return Verdict(
+            True, f"grad_norm {value:.3g} is {value / mid:.1e}x the cohort median at step {step}", step
+        )
+    return None

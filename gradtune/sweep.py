@@ -1,0 +1,127 @@
+"""Assemble and run one sweep: Ray, the Tuner, the searcher, the scheduler and MLflow."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from gradtune import scheduler as sched
+from gradtune import searcher, tracking, trial
+from gradtune.errors import GradtuneError
+from gradtune.spec import SweepSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SweepResult:
+    """What a sweep produced: outcomes per trial (as logged to MLflow) and where it is."""
+
+    spec: SweepSpec
+    tracking_uri: str
+    experiment: str
+    parent_run_id: str
+    storage: str
+    trials: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def counts(self) -> dict[str, int]:
+        counts = {o: 0 for o in tracking.OUTCOMES}
+        for entry in self.trials.values():
+            counts[entry["outcome"]] += 1
+        return counts
+
+    def best(self) -> dict[str, Any] | None:
+        """The completed trial with the best finite objective, or ``None``."""
+        metric, mode = self.spec.search.metric, self.spec.search.mode
+        done = [
+            t for t in self.trials.values()
+            if t["outcome"] == "completed"
+            and isinstance(t["result"].get(metric), (int, float))
+            and math.isfinite(t["result"][metric])
+        ]
+        if not done:
+            return None
+        pick = min if mode == "min" else max
+        return pick(done, key=lambda t: t["result"][metric])
+
+
+def run(spec: SweepSpec, address: str | None = None) -> SweepResult:
+    """Run the sweep described by ``spec``; ``address`` joins an existing Ray cluster
+    (else ``RAY_ADDRESS``, else a local Ray). Reuses an already initialised Ray session
+    and leaves it running; shuts down only a Ray it started itself."""
+    import ray
+    from ray import tune
+
+    started = time.monotonic()
+    uri = tracking.resolve_uri(spec.tracking.uri)
+    tracker = tracking.MLflowTracking(spec, uri, spec.experiment)
+    try:
+        parent = tracker.start()
+    except Exception as exc:  # a bad URI or an unreachable server: say so in one line
+        raise GradtuneError(f"tracking.uri {uri}: cannot start the MLflow run ({exc})") from None
+
+    own_ray = not ray.is_initialized()
+    status = "FAILED"
+    try:
+        if own_ray:
+            ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+        _check_resources(spec, ray.cluster_resources())
+        scheduler = sched.DivergenceScheduler(spec)
+        search, num_trials = searcher.make(spec)
+        trainable = tune.with_resources(
+            tune.with_parameters(trial.trainable, spec_data=spec.model_dump(mode="json")),
+            {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
+        )
+        storage = _storage(spec.storage)
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=search,
+                scheduler=scheduler,
+                metric=spec.search.metric,
+                mode=spec.search.mode,
+                num_samples=num_trials,
+                max_concurrent_trials=spec.search.max_concurrent,
+                reuse_actors=True,
+            ),
+            run_config=tune.RunConfig(
+                name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                storage_path=storage,
+                callbacks=[sched.VerdictCallback(scheduler), tracker],
+                failure_config=tune.FailureConfig(max_failures=0),
+                verbose=1,
+            ),
+        )
+        tuner.fit()
+        status = "FINISHED"
+    finally:
+        tracker.finish(status)
+        if own_ray and ray.is_initialized():
+            ray.shutdown()
+    return SweepResult(
+        spec=spec, tracking_uri=uri, experiment=spec.experiment, parent_run_id=parent,
+        storage=storage or "~/ray_results", trials=tracker.summary,
+        seconds=time.monotonic() - started,
+    )
+
+
+def _storage(path: str | None) -> str | None:
+    if path is None or "://" in path:
+        return path
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def _check_resources(spec: SweepSpec, cluster: dict[str, float]) -> None:
+    """Fail fast instead of leaving trials pending forever on resources no node has."""
+    need = {"CPU": spec.resources.cpu, "GPU": spec.resources.gpu}
+    for name, amount in need.items():
+        if amount > 0 and cluster.get(name, 0.0) < amount:
+            raise GradtuneError(
+                f"resources.{name.lower()}: each trial needs {amount:g} {name}, but the Ray "
+                f"cluster has {cluster.get(name, 0.0):g}"
+            )

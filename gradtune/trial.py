@@ -1,0 +1,150 @@
+"""The training loop run inside one trial.
+
+One flat loop, nanoGPT-style: batch, forward, backward, gradient telemetry and clipping,
+optimizer step, divergence check, and every ``report_every`` steps a report. The loop takes
+a ``report`` callable, so tests drive it without Ray; :func:`trainable` is the Ray Tune entry.
+
+Reported metrics (every report): ``step``, ``train_loss`` (mean over the window),
+``grad_norm`` (global L2 norm before clipping, last step of the window), ``grad_norm_max``
+(max over the window), ``clip_fraction`` (share of the window's steps where clipping
+changed the gradient), ``update_ratio`` (||dw|| / ||w|| of the last step), ``lr``,
+``val_loss`` and ``val_accuracy`` (latest evaluation), ``diverged`` (0/1), ``final`` (0/1).
+
+NaN and inf: the monitor sees every step's loss and gradient norm. On a verdict (always on a
+non-finite value) the trial evaluates once, reports at once with ``diverged=1``,
+``divergence_reason`` and ``divergence_step``, and returns: no compute after the verdict.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from gradtune import clipping, signals, telemetry, workloads
+from gradtune.search_space import trial_params
+from gradtune.spec import SweepSpec
+
+log = logging.getLogger(__name__)
+
+Report = Callable[[dict[str, Any]], None]
+
+
+def resolve_device(choice: str) -> torch.device:
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def make_optimizer(model: torch.nn.Module, params: dict[str, Any]) -> torch.optim.Optimizer:
+    name, lr, wd = params["optimizer"], params["lr"], params["weight_decay"]
+    if name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=params["momentum"], weight_decay=wd)
+    if name == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=wd)
+    if name == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+class Window:
+    """Per-report aggregates of the per-step values."""
+
+    def __init__(self) -> None:
+        self.loss_sum = 0.0
+        self.steps = 0
+        self.clipped = 0
+        self.norm_max = -math.inf
+
+    def add(self, loss: float, norm: float, clipped: bool) -> None:
+        self.loss_sum += loss
+        self.steps += 1
+        self.clipped += int(clipped)
+        # max() would skip NaN depending on argument order; keep NaN visible.
+        self.norm_max = norm if (math.isnan(norm) or norm > self.norm_max) else self.norm_max
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "train_loss": self.loss_sum / max(self.steps, 1),
+            "grad_norm_max": self.norm_max,
+            "clip_fraction": self.clipped / max(self.steps, 1),
+        }
+
+
+def train(spec: SweepSpec, config: dict[str, Any], report: Report) -> dict[str, Any]:
+    """Train one configuration; call ``report(metrics)`` every ``report_every`` steps and
+    at the end. Returns the last metrics reported."""
+    params = trial_params(spec, config)
+    t = spec.training
+    device = resolve_device(t.device)
+    torch.manual_seed(t.seed)
+    wl = workloads.build(spec.workload.name, spec.workload.options, params, t.seed, device)
+    model = wl.model.train()
+    weights = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(model, params)
+    warmup = params["warmup_steps"]
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
+    )
+    clip = clipping.make(params["clip_method"], params.get("clip_threshold"))
+    monitor = signals.Monitor(spec.divergence, reference_loss=wl.reference_loss)
+    updates = telemetry.UpdateRatio(weights)
+    eval_every = t.eval_every or t.report_every
+    val: dict[str, float] = {}
+    window = Window()
+    metrics: dict[str, Any] = {}
+
+    for step in range(1, t.steps + 1):
+        x, y = next(wl.train_batches)
+        loss = wl.loss_fn(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm, clipped = clip(weights)  # pre-clip global L2 norm
+        updates.before_step()
+        lr = schedule.get_last_lr()[0]
+        optimizer.step()
+        schedule.step()
+        ratio = updates.after_step()
+        # The one host sync per step: the divergence rules need this step's numbers now.
+        loss_v, norm_v, clipped_v, ratio_v = torch.stack(
+            [loss.detach().float(), grad_norm.float(), clipped.float(), ratio.float()]
+        ).tolist()
+        window.add(loss_v, norm_v, bool(clipped_v))
+        verdict = monitor.update(step, loss_v, norm_v, ratio_v)
+        done = verdict is not None or step == t.steps
+        if done or step % eval_every == 0:
+            val = workloads.evaluate(wl)
+        if done or step % t.report_every == 0:
+            metrics = {
+                "step": step,
+                **window.metrics(),
+                "grad_norm": norm_v,
+                "update_ratio": ratio_v,
+                "lr": lr,
+                **val,
+                "diverged": int(verdict is not None),
+                "final": int(done),
+            }
+            if verdict is not None:
+                metrics["divergence_reason"] = verdict.reason
+                metrics["divergence_step"] = verdict.step
+            report(metrics)
+            window = Window()
+        if verdict is not None:
+            log.info("trial diverged at step %d: %s", verdict.step, verdict.reason)
+            break
+    return metrics
+
+
+def trainable(config: dict[str, Any], spec_data: dict[str, Any]) -> None:
+    """The Ray Tune function trainable: ``tune.with_parameters(trainable, spec_data=...)``."""
+    import ray
+    from ray import tune
+
+    spec = SweepSpec.model_validate(spec_data)
+    torch.set_num_threads(max(1, int(spec.resources.cpu)))
+    node_id = ray.get_runtime_context().get_node_id()
+    train(spec, config, lambda metrics: tune.report({**metrics, "node_id": node_id}))
