@@ -1,0 +1,61 @@
+"""Shared fixtures. End-to-end tests share one local Ray session (starting Ray costs
+seconds) and each get their own MLflow SQLite store in a temporary directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gradtune import spec as spec_mod
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    if ray.is_initialized():
+        yield ray
+        return
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture
+def tiny_spec(tmp_path: Path):
+    """``tiny_spec(**dotted_overrides)``: a short sweep writing into ``tmp_path``."""
+
+    def make(**overrides: Any) -> spec_mod.SweepSpec:
+        return _tiny(tmp_path, overrides)
+
+    return make
+
+
+def _tiny(tmp_path: Path, overrides: dict[str, Any]) -> spec_mod.SweepSpec:
+    base = {
+        "training.steps": 40,
+        "training.report_every": 5,
+        "search.trials": 4,
+        "search.max_concurrent": 2,
+        "tracking.uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "storage": str(tmp_path / "ray_results"),
+        "workload.options": {"depth": 6, "width": 32, "activation": "relu"},
+    }
+    base.update(overrides)
+    return spec_mod.load(None, base)
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")

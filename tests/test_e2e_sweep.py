@@ -1,0 +1,102 @@
+"""End-to-end: a real Ray Tune + Optuna sweep of short trials, read back from MLflow."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from gradtune import sweep
+
+pytestmark = pytest.mark.e2e
+
+
+def children(client, result):
+    exp = client.get_experiment_by_name(result.experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    parent = [r for r in runs if r.info.run_id == result.parent_run_id]
+    kids = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == result.parent_run_id]
+    return parent[0], kids
+
+
+def test_grid_sweep_logs_parent_children_params_metrics_and_outcomes(ray_session, tiny_spec):
+    spec = tiny_spec(**{
+        "name": "e2e-grid",
+        "search.sampler": "grid",
+        "search.space": {"init_scale": [1.0, 4.0], "norm": ["none", "layer"], "clip_method": "none",
+                         "batch_size": 32},
+        "workload.options": {"depth": 20, "width": 32, "activation": "relu"},
+        "training.steps": 40,
+        "training.report_every": 5,
+    })
+    result = sweep.run(spec)
+    client = MlflowClient(result.tracking_uri)
+    parent, kids = children(client, result)
+
+    assert parent.data.tags["gradtune.role"] == "sweep"
+    assert parent.data.params["training.steps"] == "40"
+    assert "spec.yaml" in [a.path for a in client.list_artifacts(parent.info.run_id)]
+    assert parent.info.status == "FINISHED"
+
+    assert len(kids) == 4
+    by_config = {(r.data.params["init_scale"], r.data.params["norm"]): r for r in kids}
+    assert set(by_config) == {("1.0", "none"), ("4.0", "none"), ("1.0", "layer"), ("4.0", "layer")}
+    for run in kids:
+        tags = run.data.tags
+        assert tags["gradtune.role"] == "trial" and tags["gradtune.trial_id"]
+        assert tags["gradtune.node_id"] == ray_session.get_runtime_context().get_node_id()
+        assert tags["gradtune.outcome"] in {"completed", "diverged", "pruned", "failed"}
+        for name in ("clip_method", "init_scale", "norm", "batch_size", "lr", "optimizer"):
+            assert name in run.data.params
+        assert run.info.run_name.startswith("norm=")
+
+    exploding = by_config[("4.0", "none")]
+    assert exploding.data.tags["gradtune.outcome"] == "diverged"
+    assert int(exploding.data.tags["gradtune.divergence_step"]) < 40
+    assert exploding.data.tags["gradtune.divergence_reason"]
+
+    stable = by_config[("4.0", "layer")]
+    assert stable.data.tags["gradtune.outcome"] == "completed"
+    history = client.get_metric_history(stable.info.run_id, "grad_norm")
+    assert [m.step for m in history] == list(range(5, 41, 5))
+    assert all(math.isfinite(m.value) for m in history)
+    for name in ("train_loss", "grad_norm_max", "clip_fraction", "val_loss", "val_accuracy"):
+        assert client.get_metric_history(stable.info.run_id, name), name
+
+    counts = result.counts()
+    assert counts["diverged"] >= 1 and counts["completed"] >= 2 and counts["failed"] == 0
+    assert parent.data.metrics["trials_diverged"] == counts["diverged"]
+    best = result.best()
+    assert best is not None and best["outcome"] == "completed"
+
+
+def test_a_diverging_trial_is_stopped_well_before_its_budget(ray_session, tiny_spec):
+    """Clipping keeps the loss finite but in the millions: no NaN ever comes, yet the
+    monitor stops the trial long before its 300 steps, and MLflow says why."""
+    spec = tiny_spec(**{
+        "name": "e2e-diverge",
+        "search.sampler": "grid",
+        "search.space": {"init_scale": [4.0], "norm": ["none"], "clip_method": "norm",
+                         "clip_threshold": [0.1]},
+        "workload.options": {"depth": 20, "width": 64, "activation": "relu"},
+        "training.steps": 300,
+        "training.report_every": 10,
+    })
+    result = sweep.run(spec)
+    (entry,) = result.trials.values()
+    assert entry["outcome"] == "diverged"
+    assert entry["result"]["step"] <= 60
+    client = MlflowClient(result.tracking_uri)
+    run = client.get_run(entry["run_id"])
+    assert run.data.tags["gradtune.outcome"] == "diverged"
+    assert "chance" in run.data.tags["gradtune.divergence_reason"]
+
+
+def test_tpe_sweep_with_asha(ray_session, tiny_spec):
+    spec = tiny_spec(**{"name": "e2e-asha", "search.trials": 6,
+                                  "divergence.scheduler": "asha", "divergence.grace_reports": 1})
+    result = sweep.run(spec)
+    assert len(result.trials) == 6
+    assert sum(result.counts().values()) == 6
+    assert result.counts()["failed"] == 0

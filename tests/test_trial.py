@@ -1,0 +1,102 @@
+"""The training loop on CPU, driven in-process (no Ray)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from gradtune import trial
+from gradtune.spec import load
+
+
+def spec(**overrides):
+    base = {"training.steps": 30, "training.report_every": 5,
+            "workload.options": {"depth": 6, "width": 32, "activation": "relu"}}
+    return load(None, {**base, **overrides})
+
+
+def run(config, **overrides):
+    reports = []
+    last = trial.train(spec(**overrides), config, reports.append)
+    return reports, last
+
+
+def test_reports_every_report_every_steps_with_all_metrics():
+    reports, last = run({"norm": "layer"})
+    assert [r["step"] for r in reports] == [5, 10, 15, 20, 25, 30]
+    for key in ("train_loss", "grad_norm", "grad_norm_max", "clip_fraction", "val_loss",
+                "val_accuracy", "update_ratio", "lr"):
+        assert all(math.isfinite(r[key]) for r in reports), key
+    assert last["final"] == 1 and last["diverged"] == 0
+    assert [r["final"] for r in reports[:-1]] == [0] * 5
+
+
+def test_grad_norm_is_the_pre_clip_norm():
+    one = {"training.steps": 1, "training.report_every": 1}
+    free, _ = run({"clip_method": "none"}, **one)
+    clipped, _ = run({"clip_method": "norm", "clip_threshold": 1e-3}, **one)
+    assert clipped[0]["grad_norm"] == pytest.approx(free[0]["grad_norm"], rel=1e-5)
+    assert clipped[0]["grad_norm"] > 1e-3
+    assert clipped[0]["clip_fraction"] == 1.0 and free[0]["clip_fraction"] == 0.0
+
+
+def test_norm_clipping_bounds_the_update():
+    one = {"training.steps": 1, "training.report_every": 1}
+    free, _ = run({"clip_method": "none"}, **one)
+    clipped, _ = run({"clip_method": "norm", "clip_threshold": 1e-3}, **one)
+    # same weights and batch: the clipped step moves the weights much less
+    assert clipped[0]["update_ratio"] < free[0]["update_ratio"] / 10
+
+
+def test_value_clip_fraction_counts_steps_that_changed():
+    reports, _ = run({"clip_method": "value", "clip_threshold": 1e6})
+    assert all(r["clip_fraction"] == 0.0 for r in reports)
+    reports, _ = run({"clip_method": "value", "clip_threshold": 1e-6})
+    assert all(r["clip_fraction"] == 1.0 for r in reports)
+
+
+def test_deep_plain_mlp_with_large_init_diverges_and_stops_at_once():
+    reports, last = run({"norm": "none", "init_scale": 4.0},
+                        **{"workload.options": {"depth": 20, "width": 64, "activation": "relu"},
+                           "training.steps": 300})
+    assert last["diverged"] == 1 and last["final"] == 1
+    assert last["step"] == last["divergence_step"] < 300
+    assert last["divergence_reason"]
+    assert reports[-1] is last  # reported at once, nothing after
+
+
+def test_same_with_layer_norm_does_not_diverge():
+    _, last = run({"norm": "layer", "init_scale": 4.0},
+                  **{"workload.options": {"depth": 20, "width": 64, "activation": "relu"},
+                     "training.steps": 300, "training.report_every": 50})
+    assert last["diverged"] == 0 and last["step"] == 300
+    assert last["val_loss"] < math.log(10)
+
+
+def test_warmup_ramps_the_learning_rate():
+    reports, _ = run({"warmup_steps": 20})
+    assert reports[0]["lr"] == pytest.approx(0.05 * 5 / 20)
+    assert reports[-1]["lr"] == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+def test_optimizers(optimizer):
+    _, last = run({"optimizer": optimizer, "lr": 1e-3, "norm": "layer"})
+    assert last["final"] == 1
+
+
+def test_window_keeps_nan_visible():
+    w = trial.Window()
+    w.add(1.0, 2.0, False)
+    w.add(1.0, math.nan, True)
+    w.add(1.0, 3.0, False)
+    m = w.metrics()
+    assert math.isnan(m["grad_norm_max"]) and m["clip_fraction"] == pytest.approx(1 / 3)
+
+
+def test_device_resolution():
+    assert trial.resolve_device("cpu") == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert trial.resolve_device("auto").type == expected
