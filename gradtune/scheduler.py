@@ -64,6 +64,7 @@ class DivergenceScheduler(TrialScheduler):
         self.inner = inner if inner is not None else performance_scheduler(spec)
         # step -> trial id -> grad_norm at that step
         self.norms: dict[int, dict[str, float]] = defaultdict(dict)
+        self.last_norm: dict[str, float] = {}  # trial id -> grad_norm of its last report
         self.verdicts: dict[str, dict[str, Any]] = {}
         self.pruned: set[str] = set()
 
@@ -91,9 +92,11 @@ class DivergenceScheduler(TrialScheduler):
             return verdict
         cohort = [v for t, v in self.norms[step].items() if t != trial_id]
         self.norms[step][trial_id] = norm
+        previous = self.last_norm.get(trial_id)
+        self.last_norm[trial_id] = norm
         if self.cfg.cohort_factor:
             return signals.cohort_outlier(
-                step, norm, cohort, self.cfg.cohort_factor, self.cfg.cohort_min_trials
+                step, norm, previous, cohort, self.cfg.cohort_factor, self.cfg.cohort_min_trials
             )
         return None
 

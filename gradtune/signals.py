@@ -85,59 +85,72 @@ def grad_ceiling(step: int, norm: float, baseline: float, factor: float) -> Verd
 
 
 def loss_blowup(
-    step: int, losses: Sequence[float], reference: float, best: float, factor_ref: float,
-    factor_best: float,
+    step: int, losses: Sequence[float], reference: float, factor: float, steps_left: int
 ) -> Verdict | None:
-    """The loss stayed far up for the whole window: its smallest value is above
-    ``factor_ref`` x the reference (chance-level) loss, or above ``factor_best`` x the
-    trial's best loss so far (taken before the window) while also above the reference.
+    """The loss stayed above ``factor`` x the reference (chance-level) loss for the whole
+    window, and is not coming down in time: it is not falling, or at the rate fitted over
+    the window (log-linear) it would need more than ``steps_left`` steps to get back under
+    ``factor`` x the reference.
 
-    Judging the window's minimum makes a one-step spike that recovers pass. A window with
-    NaN/inf is left to ``nonfinite``; a non-finite or non-positive ``reference``/``best``
-    disables the comparison that uses it."""
-    if not losses or not _finite(losses):
+    A net whose loss starts in the millions but falls fast (clipping at work) is left
+    alone; one that hovers there is not. A one-step spike that recovers passes (the window's
+    minimum is judged). A window with NaN/inf is left to ``nonfinite``; a non-finite or
+    non-positive ``reference`` disables the rule."""
+    if not losses or not _finite(losses) or not (math.isfinite(reference) and reference > 0):
+        return None
+    low, limit = min(losses), factor * reference
+    if low <= limit:
+        return None
+    slope = log_slope(losses) if len(losses) >= 2 else 0.0
+    head = f"loss stayed above {low:.3g} ({low / reference:.1e}x chance) for {len(losses)} steps"
+    if slope >= 0:
+        return Verdict(True, f"{head} and is not falling", step)
+    needed = math.log(losses[-1] / limit) / -slope if losses[-1] > limit else 0.0
+    if needed > steps_left:
+        return Verdict(True, f"{head}; at its rate it needs ~{needed:.0f} more steps, {steps_left} remain", step)
+    return None
+
+
+def loss_vs_best(step: int, losses: Sequence[float], best: float, reference: float,
+                 factor: float) -> Verdict | None:
+    """The loss stayed above ``factor`` x the trial's best loss so far (taken before the
+    window) for the whole window, and above the reference loss: a run that learned and then
+    blew up. Non-finite values are left to ``nonfinite``; a non-finite ``best`` never fires."""
+    if not losses or not _finite(losses) or not (math.isfinite(best) and best > 0):
         return None
     low = min(losses)
-    if math.isfinite(reference) and reference > 0 and low > factor_ref * reference:
-        return Verdict(
-            True, f"loss stayed above {low:.3g} ({low / reference:.1e}x chance) for {len(losses)} steps", step
-        )
-    if (
-        math.isfinite(best) and best > 0 and low > factor_best * best
-        and (not math.isfinite(reference) or low > reference)
-    ):
+    if low > factor * best and (not math.isfinite(reference) or low > reference):
         return Verdict(True, f"loss rose to {low:.3g}, {low / best:.1e}x its best {best:.3g}", step)
     return None
 
 
-def update_ratio(step: int, ratios: Sequence[float], limit: float) -> Verdict | None:
-    """Every update in the window moved the weights by more than ``limit`` of their norm
-    (``||dw|| / ||w||``; healthy training sits near 1e-3). NaN ratios (rule off, or zero
-    weights) never fire; +inf counts as above the limit."""
-    if not ratios or any(math.isnan(r) for r in ratios):
+def update_ratio(step: int, ratio: float, limit: float) -> Verdict | None:
+    """One optimizer step moved the weights by more than ``limit`` x their norm
+    (``||dw|| / ||w||``; healthy training sits near 1e-3, and at 10 the update has
+    overwritten the weights): the next forward pass is garbage, usually NaN. Fires on a
+    single step, so it can stop a trial *before* its first NaN. NaN (rule off, zero
+    weights) never fires; +inf does."""
+    if math.isnan(ratio) or ratio <= limit:
         return None
-    if min(ratios) > limit:
-        return Verdict(
-            True, f"update/weight ratio stayed above {min(ratios):.3g} for {len(ratios)} steps", step
-        )
-    return None
+    return Verdict(True, f"one update moved the weights {ratio:.3g}x their norm", step)
 
 
 class Monitor:
     """Runs the rules on every step of one trial. ``cfg`` is the spec's ``divergence``
     section (any object with its attributes); a rule whose threshold is ``None`` is off.
 
-    ``update`` returns the first verdict, or ``None``. The non-finite rule is always on and
-    fires even during the grace period; the others wait ``grace_steps`` steps.
+    ``update`` returns the first verdict, or ``None``. The non-finite and update-ratio rules
+    judge single steps and fire from step 1; the others wait ``grace_steps`` steps and, where
+    they judge a window, until the window is full.
     """
 
-    def __init__(self, cfg: Any, reference_loss: float) -> None:
+    def __init__(self, cfg: Any, reference_loss: float, budget: int) -> None:
         self.cfg = cfg
         self.reference = reference_loss
+        self.budget = budget
         self.early: list[float] = []
         self.norms: deque[float] = deque(maxlen=cfg.window)
         self.losses: deque[float] = deque(maxlen=cfg.window)
-        self.ratios: deque[float] = deque(maxlen=cfg.window)
         self.best = math.inf
         self.pending_best: deque[float] = deque(maxlen=cfg.window)
 
@@ -145,9 +158,10 @@ class Monitor:
         verdict = nonfinite(step, loss=loss, grad_norm=grad_norm)
         if verdict is not None or not self.cfg.enabled:
             return verdict
+        if self.cfg.update_ratio and (verdict := update_ratio(step, ratio, self.cfg.update_ratio)):
+            return verdict
         self.norms.append(grad_norm)
         self.losses.append(loss)
-        self.ratios.append(ratio)
         # "Best so far" lags one window behind, so a loss rising inside the window is
         # compared with where the trial was, not with itself.
         if len(self.pending_best) == self.pending_best.maxlen:
@@ -156,33 +170,37 @@ class Monitor:
         if len(self.early) < self.cfg.grace_steps:
             self.early.append(grad_norm)
             return None
-        return self._rules(step)
+        return self._windowed(step)
 
-    def _rules(self, step: int) -> Verdict | None:
+    def _windowed(self, step: int) -> Verdict | None:
         cfg = self.cfg
         full = len(self.norms) == self.norms.maxlen
         checks = [
             cfg.grad_ceiling and grad_ceiling(step, self.norms[-1], median(self.early), cfg.grad_ceiling),
             full and cfg.grad_growth and grad_growth(step, list(self.norms), cfg.grad_growth),
             full and cfg.loss_factor and loss_blowup(
-                step, list(self.losses), self.reference, self.best, cfg.loss_factor,
-                cfg.loss_vs_best or math.inf,
-            ),
-            full and cfg.update_ratio and update_ratio(step, list(self.ratios), cfg.update_ratio),
+                step, list(self.losses), self.reference, cfg.loss_factor, self.budget - step),
+            full and cfg.loss_vs_best and loss_vs_best(
+                step, list(self.losses), self.best, self.reference, cfg.loss_vs_best),
         ]
         return next((c for c in checks if c), None)
 
 
 def cohort_outlier(
-    step: int, value: float, cohort: Sequence[float], factor: float, min_trials: int
+    step: int, value: float, previous: float | None, cohort: Sequence[float], factor: float,
+    min_trials: int,
 ) -> Verdict | None:
     """Cross-trial rule: ``value`` (a trial's gradient norm at ``step``) is above ``factor``
-    x the median of the other trials' finite values at the same step.
+    x the median of the other trials' finite values at the same step, and has not fallen
+    since the trial's ``previous`` report (a huge norm that is coming down is clipping or
+    normalisation at work, not an explosion; a first report has no trend and never fires).
 
     Needs at least ``min_trials`` finite cohort values; NaN/inf cohort values are dropped;
     a NaN ``value`` never fires (``nonfinite`` owns it), +inf does."""
     finite = [v for v in cohort if math.isfinite(v)]
     if len(finite) < min_trials or math.isnan(value):
+        return None
+    if previous is None or (math.isfinite(previous) and value < previous):
         return None
     mid = median(finite)
     if mid > 0 and value > factor * mid:

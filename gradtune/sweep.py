@@ -50,10 +50,13 @@ class SweepResult:
         return pick(done, key=lambda t: t["result"][metric])
 
 
-def run(spec: SweepSpec, address: str | None = None) -> SweepResult:
+def run(spec: SweepSpec, address: str | None = None, search: Any = None) -> SweepResult:
     """Run the sweep described by ``spec``; ``address`` joins an existing Ray cluster
     (else ``RAY_ADDRESS``, else a local Ray). Reuses an already initialised Ray session
-    and leaves it running; shuts down only a Ray it started itself."""
+    and leaves it running; shuts down only a Ray it started itself.
+
+    ``search`` replaces gradtune's searcher with any Tune ``Searcher`` (the benchmarks
+    compare against Ray's plain ``OptunaSearch`` this way); it runs ``search.trials``."""
     import ray
     from ray import tune
 
@@ -72,7 +75,8 @@ def run(spec: SweepSpec, address: str | None = None) -> SweepResult:
             ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
         _check_resources(spec, ray.cluster_resources())
         scheduler = sched.DivergenceScheduler(spec)
-        search, num_trials = searcher.make(spec)
+        own_search, num_trials = searcher.make(spec)
+        search = own_search if search is None else search
         trainable = tune.with_resources(
             tune.with_parameters(trial.trainable, spec_data=spec.model_dump(mode="json")),
             {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},

@@ -20,15 +20,18 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from gradtune import clipping, signals, telemetry, workloads
+from gradtune.precision import Precision
 from gradtune.search_space import trial_params
 from gradtune.spec import SweepSpec
 
 log = logging.getLogger(__name__)
+
+MAX_OVERFLOWS = 20  # fp16: consecutive skipped steps that count as divergence
 
 Report = Callable[[dict[str, Any]], None]
 
@@ -74,9 +77,18 @@ class Window:
         }
 
 
-def train(spec: SweepSpec, config: dict[str, Any], report: Report) -> dict[str, Any]:
+class StepMonitor(Protocol):
+    def update(self, step: int, loss: float, grad_norm: float, ratio: float) -> signals.Verdict | None: ...
+
+
+def train(
+    spec: SweepSpec, config: dict[str, Any], report: Report, monitor: StepMonitor | None = None
+) -> dict[str, Any]:
     """Train one configuration; call ``report(metrics)`` every ``report_every`` steps and
-    at the end. Returns the last metrics reported."""
+    at the end. Returns the last metrics reported.
+
+    ``monitor`` replaces the divergence monitor built from ``spec.divergence`` (the
+    benchmarks pass one that records every step and never stops)."""
     params = trial_params(spec, config)
     t = spec.training
     device = resolve_device(t.device)
@@ -90,8 +102,11 @@ def train(spec: SweepSpec, config: dict[str, Any], report: Report) -> dict[str, 
         optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
     )
     clip = clipping.make(params["clip_method"], params.get("clip_threshold"))
-    monitor = signals.Monitor(spec.divergence, reference_loss=wl.reference_loss)
+    if monitor is None:
+        monitor = signals.Monitor(spec.divergence, reference_loss=wl.reference_loss, budget=t.steps)
     updates = telemetry.UpdateRatio(weights)
+    amp = Precision(t.precision, device)
+    overflows = 0  # consecutive fp16 overflow steps
     eval_every = t.eval_every or t.report_every
     val: dict[str, float] = {}
     window = Window()
@@ -99,13 +114,15 @@ def train(spec: SweepSpec, config: dict[str, Any], report: Report) -> dict[str, 
 
     for step in range(1, t.steps + 1):
         x, y = next(wl.train_batches)
-        loss = wl.loss_fn(model(x), y)
+        with amp.autocast():
+            loss = wl.loss_fn(model(x), y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        amp.backward(loss)
+        amp.unscale(optimizer)  # clipping and telemetry see the true gradients
         grad_norm, clipped = clip(weights)  # pre-clip global L2 norm
         updates.before_step()
         lr = schedule.get_last_lr()[0]
-        optimizer.step()
+        amp.step(optimizer)
         schedule.step()
         ratio = updates.after_step()
         # The one host sync per step: the divergence rules need this step's numbers now.
@@ -113,7 +130,16 @@ def train(spec: SweepSpec, config: dict[str, Any], report: Report) -> dict[str, 
             [loss.detach().float(), grad_norm.float(), clipped.float(), ratio.float()]
         ).tolist()
         window.add(loss_v, norm_v, bool(clipped_v))
-        verdict = monitor.update(step, loss_v, norm_v, ratio_v)
+        if amp.overflowed(norm_v):
+            # fp16: an inf gradient is the loss scaler's signal (step skipped, scale lowered),
+            # not divergence; only a non-finite loss or endless overflow is.
+            overflows += 1
+            verdict = signals.nonfinite(step, loss=loss_v)
+            if verdict is None and overflows >= MAX_OVERFLOWS:
+                verdict = signals.Verdict(True, f"fp16 gradients overflowed {overflows} steps in a row", step)
+        else:
+            overflows = 0
+            verdict = monitor.update(step, loss_v, norm_v, ratio_v)
         done = verdict is not None or step == t.steps
         if done or step % eval_every == 0:
             val = workloads.evaluate(wl)

@@ -33,8 +33,9 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
@@ -72,7 +73,7 @@ def _kustomize_command() -> list[str] | None:
     return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _render_cached(path: str) -> tuple[dict, ...]:
     command = _kustomize_command()
     assert command is not None
@@ -152,7 +153,7 @@ def adjust_crd_schema(schema: dict, *, strict: bool) -> dict:
     return schema
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def crd_validator(kind: str, strict: bool):
     from jsonschema import Draft7Validator
 
@@ -350,7 +351,10 @@ def test_every_container_is_hardened_and_sized(overlay: str) -> None:
             for mount in container.get("volumeMounts", []):
                 if mount["name"] not in volumes:
                     problems.append(f"{where}: mounts undefined volume {mount['name']}")
-            mounts = {m["mountPath"]: volumes.get(m["name"], {}) for m in container.get("volumeMounts", [])}
+            mounts = {
+                m["mountPath"]: volumes.get(m["name"], {})
+                for m in container.get("volumeMounts", [])
+            }
             if "emptyDir" not in mounts.get("/tmp", {}):
                 problems.append(f"{where}: /tmp is not a writable emptyDir")
     assert seen >= 5, f"only {seen} containers found in {overlay}"
@@ -374,8 +378,10 @@ def test_ray_pods_have_writable_tmp_and_shared_memory(overlay: str) -> None:
         assert home and home.get("value", "").startswith("/tmp"), f"{where}: HOME must be writable"
 
 
-_CREDENTIAL_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|CREDENTIAL|API_?KEY|ACCESS_KEY", re.I)
-_URI_WITH_PASSWORD = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@", re.I)
+_CREDENTIAL_NAME = re.compile(
+    r"PASSWORD|PASSWD|SECRET|TOKEN|CREDENTIAL|API_?KEY|ACCESS_KEY", re.IGNORECASE
+)
+_URI_WITH_PASSWORD = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@", re.IGNORECASE)
 
 
 def _strings(value: Any) -> Iterator[str]:
@@ -456,9 +462,15 @@ def test_mlflow_server_service_and_network_policy_agree(overlay: str) -> None:
     for var in ("MLFLOW_BACKEND_STORE_URI", "MLFLOW_AUTH_DATABASE_URI",
                 "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
         assert "secretKeyRef" in env_value(container, var)["valueFrom"], var
+    assert '--artifacts-destination "${MLFLOW_ARTIFACTS_DESTINATION}"' in script
+    destination = config["data"]["MLFLOW_ARTIFACTS_DESTINATION"]
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
-    (artifacts,) = [m for m in container["volumeMounts"] if m["mountPath"] in script]
-    assert "persistentVolumeClaim" in volumes[artifacts["name"]]
+    mounts = {m["mountPath"]: volumes[m["name"]] for m in container["volumeMounts"]}
+    if not destination.startswith("s3://"):
+        assert "persistentVolumeClaim" in mounts.get(destination, {}), (
+            f"artifacts destination {destination} is neither a mounted PVC nor S3")
+        claim = mounts[destination]["persistentVolumeClaim"]["claimName"]
+        only(objects, "PersistentVolumeClaim", claim)
 
     allowed = _split_hosts(config["data"]["MLFLOW_ALLOWED_HOSTS"])
     for host in (MLFLOW_SERVICE, f"{MLFLOW_SERVICE}.{namespace}.svc.cluster.local"):
@@ -480,12 +492,17 @@ def test_mlflow_server_service_and_network_policy_agree(overlay: str) -> None:
         template = _find_template(rayjob, ray_pod)
         assert _labels_match(pod_selectors[0], template["metadata"]["labels"]), where
 
-    # The driver (on the head) logs to that Service.
+    # The driver (on the head) logs to that Service; the head waits until it accepts the
+    # sweep's credentials (init container), which come from the same Secret.
     uri = f"http://{MLFLOW_SERVICE}:{MLFLOW_PORT}"
-    head = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
-    assert env_value(head, "MLFLOW_TRACKING_URI")["value"] == uri
-    for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
-        assert "secretKeyRef" in env_value(head, var)["valueFrom"], var
+    head_pod = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    head = head_pod["containers"][0]
+    (wait,) = [c for c in head_pod.get("initContainers", []) if c["name"] == "wait-for-mlflow"]
+    for container_ in (head, wait):
+        assert env_value(container_, "MLFLOW_TRACKING_URI")["value"] == uri
+        refs = [env_value(container_, v)["valueFrom"]["secretKeyRef"]
+                for v in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")]
+        assert {r["name"] for r in refs} == {"gradtune-mlflow-client"}, refs
     assert f"--tracking-uri {uri}" in rayjob["spec"]["entrypoint"]
 
 
@@ -501,7 +518,7 @@ def _find_template(rayjob: dict, pod_spec: dict) -> dict:
 
 def _dockerfile_arg(name: str) -> str:
     text = (K8S / "Dockerfile").read_text(encoding="utf-8")
-    match = re.search(rf"^ARG {name}=(\S+)", text, re.M)
+    match = re.search(rf"^ARG {name}=(\S+)", text, re.MULTILINE)
     assert match, f"k8s/Dockerfile has no ARG {name}=..."
     return match.group(1)
 
@@ -514,7 +531,7 @@ def test_rayjob_runs_the_gradtune_sweep(overlay: str) -> None:
     assert argv[:4] == ["python", "-m", "gradtune", "sweep"], argv
     assert "$" not in spec["entrypoint"], "the submitter's shell would expand it"
     # The spec file is baked into the image at /opt/gradtune (k8s/Dockerfile WORKDIR).
-    workdir = re.search(r"^WORKDIR (\S+)", (K8S / "Dockerfile").read_text(), re.M).group(1)
+    workdir = re.search(r"^WORKDIR (\S+)", (K8S / "Dockerfile").read_text(), re.MULTILINE).group(1)
     spec_file = argv[4]
     assert spec_file.startswith(workdir + "/"), spec_file
     assert (REPO / spec_file[len(workdir) + 1:]).is_file(), f"{spec_file} is not in the repo"
@@ -523,6 +540,7 @@ def test_rayjob_runs_the_gradtune_sweep(overlay: str) -> None:
     cluster = spec["rayClusterSpec"]
     assert cluster["rayVersion"] == _dockerfile_arg("RAY_VERSION"), "image and rayVersion differ"
     assert cluster["enableInTreeAutoscaling"] is True
+    assert cluster["authOptions"]["mode"] == "token", "Ray token authentication is off"
     groups = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
     cpu = groups["cpu"]
     assert cpu["minReplicas"] <= cpu["replicas"] <= cpu["maxReplicas"]
@@ -540,7 +558,7 @@ def _entrypoint_as_validate(entrypoint: str) -> tuple[Path, list[str]]:
     for name in ("--trials", "--tracking-uri", "--experiment", "--storage", "--address"):
         flags.add_argument(name)
     args = flags.parse_args(argv[4:])
-    workdir = re.search(r"^WORKDIR (\S+)", (K8S / "Dockerfile").read_text(), re.M).group(1)
+    workdir = re.search(r"^WORKDIR (\S+)", (K8S / "Dockerfile").read_text(), re.MULTILINE).group(1)
     overrides = list(args.set)
     for key, value in (("search.trials", args.trials), ("tracking.uri", args.tracking_uri),
                        ("tracking.experiment", args.experiment), ("storage", args.storage)):
@@ -557,7 +575,9 @@ def test_entrypoint_spec_and_overrides_pass_gradtune_validate(overlay: str) -> N
     command = [sys.executable, "-m", "gradtune", "validate", str(spec_file), "--print"]
     for item in overrides:
         command += ["--set", item]
-    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        command, cwd=REPO, capture_output=True, text=True, timeout=120, check=False
+    )
     assert proc.returncode == 0, f"{shlex.join(command)}:\n{proc.stderr}"
     resolved = yaml.safe_load(proc.stdout.split("\n", 1)[1])
     assert resolved["tracking"]["uri"] == f"http://{MLFLOW_SERVICE}:{MLFLOW_PORT}"

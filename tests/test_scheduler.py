@@ -49,20 +49,32 @@ def test_cross_trial_rule_stops_the_outlier_at_the_same_step():
     trials = [trial(str(i)) for i in range(5)]
     for t in trials:
         sched.on_trial_add(None, t)
-    for t in trials[:4]:
-        assert sched.on_trial_result(None, t, result(10, grad_norm=2.0 + int(t.trial_id))) == CONTINUE
-    assert sched.on_trial_result(None, trials[4], result(10, grad_norm=1e5)) == STOP
-    assert "cohort median at step 10" in sched.verdicts["4"]["reason"]
+    for step in (10, 20):
+        for t in trials[:4]:
+            assert sched.on_trial_result(None, t, result(step, grad_norm=2.0 + int(t.trial_id))) == CONTINUE
+    # the outlier's first report has no trend yet; its second, still rising, is stopped
+    assert sched.on_trial_result(None, trials[4], result(10, grad_norm=1e4)) == CONTINUE
+    assert sched.on_trial_result(None, trials[4], result(20, grad_norm=1e5)) == STOP
+    assert "cohort median at step 20" in sched.verdicts["4"]["reason"]
     # too few peers at another step: no verdict
-    assert sched.on_trial_result(None, trials[0], result(20, grad_norm=1e9)) == CONTINUE
+    assert sched.on_trial_result(None, trials[0], result(30, grad_norm=1e9)) == CONTINUE
+
+
+def test_cross_trial_rule_spares_a_huge_norm_that_is_coming_down():
+    sched = make()
+    trials = [trial(str(i)) for i in range(5)]
+    for step, norm in ((10, 1e8), (20, 1e6)):
+        for t in trials[:4]:
+            sched.on_trial_result(None, t, result(step, grad_norm=3.0))
+        assert sched.on_trial_result(None, trials[4], result(step, grad_norm=norm)) == CONTINUE
 
 
 def test_cross_trial_rule_can_be_turned_off():
     sched = make(**{"divergence.cohort_factor": None})
     trials = [trial(str(i)) for i in range(5)]
-    for t in trials:
-        sched.on_trial_add(None, t)
-        sched.on_trial_result(None, t, result(10, grad_norm=1e5 if t.trial_id == "4" else 2.0))
+    for step in (10, 20):
+        for t in trials:
+            sched.on_trial_result(None, t, result(step, grad_norm=step * 1e4 if t.trial_id == "4" else 2.0))
     assert sched.verdicts == {}
 
 

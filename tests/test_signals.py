@@ -59,49 +59,67 @@ def test_grad_ceiling_is_relative_to_the_trials_own_baseline():
     assert signals.grad_ceiling(5, 1e9, baseline=0.0, factor=1e4) is None
 
 
-def test_loss_blowup_far_above_chance_for_the_whole_window():
+def test_loss_blowup_far_above_chance_and_not_coming_down():
     ref = math.log(10)
-    assert signals.loss_blowup(9, [1e6] * 20, ref, best=INF, factor_ref=100, factor_best=INF) is not None
-    # a one-step spike that recovers is not a blow-up
+    flat = signals.loss_blowup(30, [1e6] * 20, ref, factor=100, steps_left=270)
+    assert flat is not None and "not falling" in flat.reason
+    slow = [1e10 * 0.97**i for i in range(20)]  # needs ~600 more steps to reach 230
+    verdict = signals.loss_blowup(30, slow, ref, factor=100, steps_left=270)
+    assert verdict is not None and "270 remain" in verdict.reason
+
+
+def test_loss_blowup_leaves_a_fast_recovery_alone():
+    ref = math.log(10)
+    fast = [1e9 * 0.6**i for i in range(20)]  # clipping at work: down to chance in ~20 steps
+    assert signals.loss_blowup(30, fast, ref, factor=100, steps_left=270) is None
+    # the same slow fall with more budget left is given its chance
+    slow = [1e10 * 0.97**i for i in range(20)]
+    assert signals.loss_blowup(30, slow, ref, factor=100, steps_left=5000) is None
+
+
+def test_loss_blowup_quiet_on_spikes_stalls_and_bad_input():
+    ref = math.log(10)
     spike = [2.0] * 10 + [1e6] + [2.0] * 9
-    assert signals.loss_blowup(9, spike, ref, best=INF, factor_ref=100, factor_best=INF) is None
-    # stalled at chance: not divergence
-    assert signals.loss_blowup(9, [ref] * 20, ref, best=ref, factor_ref=100, factor_best=10) is None
+    assert signals.loss_blowup(9, spike, ref, factor=100, steps_left=100) is None
+    assert signals.loss_blowup(9, [ref] * 20, ref, factor=100, steps_left=100) is None  # stalled at chance
+    for losses in ([], [NAN] * 5, [1e9, INF]):
+        assert signals.loss_blowup(1, losses, ref, factor=10, steps_left=100) is None
+    assert signals.loss_blowup(1, [1e9] * 5, NAN, factor=10, steps_left=100) is None
 
 
-def test_loss_blowup_relative_to_best():
+def test_loss_vs_best():
     ref = math.log(10)
-    assert signals.loss_blowup(9, [5.0] * 20, ref, best=0.1, factor_ref=100, factor_best=10) is not None
+    assert signals.loss_vs_best(9, [5.0] * 20, best=0.1, reference=ref, factor=10) is not None
     # far above its best but still below chance: a loss spike, not divergence
-    assert signals.loss_blowup(9, [2.0] * 20, ref, best=0.1, factor_ref=100, factor_best=10) is None
+    assert signals.loss_vs_best(9, [2.0] * 20, best=0.1, reference=ref, factor=10) is None
+    assert signals.loss_vs_best(9, [5.0] * 20, best=INF, reference=ref, factor=10) is None
 
 
-@pytest.mark.parametrize("losses", [[], [NAN] * 5, [1e9, INF]])
-def test_loss_blowup_quiet_on_empty_or_nonfinite(losses):
-    assert signals.loss_blowup(1, losses, 2.3, best=1.0, factor_ref=10, factor_best=10) is None
-
-
-def test_update_ratio():
-    assert signals.update_ratio(3, [2.0] * 5, limit=1.0) is not None
-    assert signals.update_ratio(3, [2.0] * 4 + [0.5], limit=1.0) is None
-    assert signals.update_ratio(3, [INF] * 5, limit=1.0) is not None
-    assert signals.update_ratio(3, [NAN] * 5, limit=1.0) is None
-    assert signals.update_ratio(3, [], limit=1.0) is None
+def test_update_ratio_judges_a_single_step():
+    assert signals.update_ratio(1, 1e8, limit=10) is not None
+    assert signals.update_ratio(1, INF, limit=10) is not None
+    assert signals.update_ratio(1, 0.5, limit=10) is None
+    assert signals.update_ratio(1, NAN, limit=10) is None
 
 
 def test_cohort_outlier():
-    assert signals.cohort_outlier(10, 5e4, [1, 2, 3, 4], factor=1e3, min_trials=3) is not None
-    assert signals.cohort_outlier(10, 50, [1, 2, 3, 4], factor=1e3, min_trials=3) is None
-    assert signals.cohort_outlier(10, 5e4, [1, 2], factor=1e3, min_trials=3) is None
-    assert signals.cohort_outlier(10, 5e4, [1, 2, NAN, INF], factor=1e3, min_trials=3) is None
-    assert signals.cohort_outlier(10, NAN, [1, 2, 3], factor=1e3, min_trials=3) is None
-    assert signals.cohort_outlier(10, INF, [1, 2, 3], factor=1e3, min_trials=3) is not None
+    rising = dict(previous=1e4, factor=1e3, min_trials=3)
+    assert signals.cohort_outlier(10, 5e4, cohort=[1, 2, 3, 4], **rising) is not None
+    assert signals.cohort_outlier(10, 50, cohort=[1, 2, 3, 4], **rising) is None
+    assert signals.cohort_outlier(10, 5e4, cohort=[1, 2], **rising) is None
+    assert signals.cohort_outlier(10, 5e4, cohort=[1, 2, NAN, INF], **rising) is None
+    assert signals.cohort_outlier(10, NAN, cohort=[1, 2, 3], **rising) is None
+    assert signals.cohort_outlier(10, INF, cohort=[1, 2, 3], **rising) is not None
+    # huge but falling since the last report (clipping at work), or no trend yet: no verdict
+    assert signals.cohort_outlier(10, 5e4, 1e6, [1, 2, 3], factor=1e3, min_trials=3) is None
+    assert signals.cohort_outlier(10, 5e4, None, [1, 2, 3], factor=1e3, min_trials=3) is None
 
 
-def run_monitor(losses, norms, cfg=None, ref=math.log(10)):
-    monitor = signals.Monitor(cfg or DivergenceSpec(), reference_loss=ref)
-    for step, (loss, norm) in enumerate(zip(losses, norms), start=1):
-        verdict = monitor.update(step, loss, norm)
+def run_monitor(losses, norms, cfg=None, ref=math.log(10), ratios=None):
+    monitor = signals.Monitor(cfg or DivergenceSpec(), reference_loss=ref, budget=len(losses))
+    ratios = ratios or [1e-3] * len(losses)
+    for step, (loss, norm, ratio) in enumerate(zip(losses, norms, ratios), start=1):
+        verdict = monitor.update(step, loss, norm, ratio)
         if verdict is not None:
             return verdict
     return None
@@ -121,6 +139,11 @@ def test_monitor_catches_exploding_gradients():
 def test_monitor_catches_a_finite_loss_in_the_millions():
     verdict = run_monitor([3e6] * 100, [5e6] * 100)
     assert verdict is not None and "chance" in verdict.reason
+
+
+def test_monitor_stops_an_update_that_overwrites_the_weights_at_step_1():
+    verdict = run_monitor([1e10, NAN], [1e11, NAN], ratios=[1e8, NAN])
+    assert verdict is not None and verdict.step == 1 and "update" in verdict.reason
 
 
 def test_monitor_leaves_a_batchnorm_stall_alone():

@@ -100,3 +100,15 @@ def test_device_resolution():
     assert trial.resolve_device("cpu") == torch.device("cpu")
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert trial.resolve_device("auto").type == expected
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_and_clips_unscaled_gradients(precision):
+    one = {"training.steps": 1, "training.report_every": 1}
+    ref, _ = run({"norm": "layer"}, **one)
+    amp, last = run({"norm": "layer"}, **{**one, "training.precision": precision})
+    # the clip/telemetry norm is of the true (unscaled) gradient, not of loss * 65536
+    assert amp[0]["grad_norm"] == pytest.approx(ref[0]["grad_norm"], rel=0.1)
+    _, last = run({"norm": "layer", "clip_method": "norm", "clip_threshold": 0.5},
+                  **{"training.precision": precision, "training.steps": 10})
+    assert last["final"] == 1 and last["diverged"] == 0
