@@ -85,30 +85,42 @@ def grad_ceiling(step: int, norm: float, baseline: float, factor: float) -> Verd
 
 
 def loss_blowup(
-    step: int, losses: Sequence[float], reference: float, factor: float, steps_left: int
+    step: int, losses: Sequence[float], ratios: Sequence[float], reference: float,
+    factor: float, steps_left: int,
 ) -> Verdict | None:
-    """The loss stayed above ``factor`` x the reference (chance-level) loss for the whole
-    window, and is not coming down in time: it is not falling, or at the rate fitted over
-    the window (log-linear) it would need more than ``steps_left`` steps to get back under
-    ``factor`` x the reference.
+    """The loss is stuck far up: it stayed above ``factor`` x the reference (chance-level)
+    loss for the whole window, it is not coming down in time (not falling, or at the rate
+    fitted over the window it needs more than ``steps_left`` steps to get back under that
+    limit), and the weights cannot change enough to escape: the window's mean update/weight
+    ratio times ``steps_left`` is below 1, so even the whole remaining budget moves the
+    weights by less than their own norm.
 
-    A net whose loss starts in the millions but falls fast (clipping at work) is left
-    alone; one that hovers there is not. A one-step spike that recovers passes (the window's
-    minimum is judged). A window with NaN/inf is left to ``nonfinite``; a non-finite or
-    non-positive ``reference`` disables the rule."""
+    A blown-up net whose weights still move fast (it may yet collapse or recover) is left
+    alone, as is a loss that falls fast. A one-step spike passes (the window's minimum is
+    judged). A window with NaN/inf losses is left to ``nonfinite``; NaN ratios (update
+    tracking off) drop the weight-movement condition; a non-finite or non-positive
+    ``reference`` disables the rule."""
     if not losses or not _finite(losses) or not (math.isfinite(reference) and reference > 0):
         return None
     low, limit = min(losses), factor * reference
     if low <= limit:
         return None
     slope = log_slope(losses) if len(losses) >= 2 else 0.0
-    head = f"loss stayed above {low:.3g} ({low / reference:.1e}x chance) for {len(losses)} steps"
-    if slope >= 0:
-        return Verdict(True, f"{head} and is not falling", step)
-    needed = math.log(losses[-1] / limit) / -slope if losses[-1] > limit else 0.0
-    if needed > steps_left:
-        return Verdict(True, f"{head}; at its rate it needs ~{needed:.0f} more steps, {steps_left} remain", step)
-    return None
+    needed = math.inf if slope >= 0 else math.log(losses[-1] / limit) / -slope
+    if needed <= steps_left:
+        return None
+    known = [r for r in ratios if math.isfinite(r)]
+    movement = sum(known) / len(known) * steps_left if known else 0.0
+    if movement >= 1.0:
+        return None
+    trend = "is not falling" if slope >= 0 else f"needs ~{needed:.0f} more steps to fall back"
+    return Verdict(
+        True,
+        f"loss stayed above {low:.3g} ({low / reference:.1e}x chance) for {len(losses)} steps, "
+        f"{trend}, and the updates move the weights {movement:.2g}x their norm in the "
+        f"{steps_left} steps left",
+        step,
+    )
 
 
 def loss_vs_best(step: int, losses: Sequence[float], best: float, reference: float,
@@ -151,6 +163,7 @@ class Monitor:
         self.early: list[float] = []
         self.norms: deque[float] = deque(maxlen=cfg.window)
         self.losses: deque[float] = deque(maxlen=cfg.window)
+        self.ratios: deque[float] = deque(maxlen=cfg.window)
         self.best = math.inf
         self.pending_best: deque[float] = deque(maxlen=cfg.window)
 
@@ -162,6 +175,7 @@ class Monitor:
             return verdict
         self.norms.append(grad_norm)
         self.losses.append(loss)
+        self.ratios.append(ratio)
         # "Best so far" lags one window behind, so a loss rising inside the window is
         # compared with where the trial was, not with itself.
         if len(self.pending_best) == self.pending_best.maxlen:
@@ -179,7 +193,8 @@ class Monitor:
             cfg.grad_ceiling and grad_ceiling(step, self.norms[-1], median(self.early), cfg.grad_ceiling),
             full and cfg.grad_growth and grad_growth(step, list(self.norms), cfg.grad_growth),
             full and cfg.loss_factor and loss_blowup(
-                step, list(self.losses), self.reference, cfg.loss_factor, self.budget - step),
+                step, list(self.losses), list(self.ratios), self.reference, cfg.loss_factor,
+                self.budget - step),
             full and cfg.loss_vs_best and loss_vs_best(
                 step, list(self.losses), self.best, self.reference, cfg.loss_vs_best),
         ]
