@@ -76,8 +76,8 @@ class Trace:
     seconds: float = 0.0
 
     def classify(self) -> None:
-        bad = [i + 1 for i, (l, n) in enumerate(zip(self.loss, self.norm))
-               if not (math.isfinite(l) and math.isfinite(n))]
+        bad = [i + 1 for i, (loss, norm) in enumerate(zip(self.loss, self.norm))
+               if not (math.isfinite(loss) and math.isfinite(norm))]
         self.first_nonfinite = bad[0] if bad else None
         self.initial_loss = self.loss[0]
         self.final_loss = self.reports[-1]["train_loss"]
@@ -129,8 +129,9 @@ def ground_truth(spec: SweepSpec, configs: list[dict[str, Any]]) -> list[Trace]:
 
 
 def _reference_loss(spec: SweepSpec, config: dict[str, Any]) -> float:
-    from gradtune.search_space import trial_params
     import torch
+
+    from gradtune.search_space import trial_params
 
     wl = workloads.build(spec.workload.name, spec.workload.options, trial_params(spec, config),
                          spec.training.seed, torch.device("cpu"))

@@ -15,8 +15,9 @@ zclip      z-score over an EMA of the norm; outliers are scaled to
 =========  ==========================================================================
 
 NaN and inf: a non-finite gradient norm is returned as it is (the trial's divergence check
-acts on it). ``norm`` and ``agc`` then scale the gradients by NaN, which is harmless since the
-trial stops; ``autoclip`` and ``zclip`` keep non-finite norms out of their statistics.
+acts on it). What the clipper then leaves in the gradients (unchanged, or their finite part
+scaled to 0 on an inf norm) does not matter: the trial stops, or under fp16 loss scaling the
+step is skipped. ``autoclip`` and ``zclip`` keep non-finite norms out of their statistics.
 """
 
 from __future__ import annotations
@@ -36,9 +37,11 @@ def _grads(params: Params) -> list[Tensor]:
 
 def _scale_to(grads: list[Tensor], limit: Tensor | float, norm: Tensor) -> None:
     """Scale ``grads`` so their global norm is at most ``limit``, without a host sync
-    (``clip_grads_with_norm_`` would call ``float()`` on a tensor limit)."""
+    (``clip_grads_with_norm_`` would call ``float()`` on a tensor limit). Gradients at or
+    under the limit are left exactly as they are (``limit / (norm + 1e-6)`` alone would
+    shrink a norm equal to the limit by a hair), so ``clipped`` means changed."""
     if grads:
-        coef = torch.clamp(limit / (norm + 1e-6), max=1.0)
+        coef = torch.where(norm > limit, limit / (norm + 1e-6), torch.ones_like(norm))
         torch._foreach_mul_(grads, coef)
 
 

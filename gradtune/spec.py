@@ -54,8 +54,9 @@ class Range(_Frozen):
         return self
 
 
-Scalar = Union[StrictBool, StrictInt, StrictFloat, StrictStr]
-Dimension = Union[Range, list[Scalar], Scalar]
+# typing.Union: the Strict* types are Annotated aliases, which do not support `|` at run time.
+Scalar = Union[StrictBool, StrictInt, StrictFloat, StrictStr]  # noqa: UP007
+Dimension = Union[Range, list[Scalar], Scalar]  # noqa: UP007
 
 
 class Param(_Frozen):

@@ -30,7 +30,8 @@ def test_stops_a_trial_that_reported_divergence():
     sched = make()
     t = trial("a")
     sched.on_trial_add(None, t)
-    decision = sched.on_trial_result(None, t, result(20, diverged=1, divergence_reason="loss is nan", divergence_step=17))
+    reported = result(20, diverged=1, divergence_reason="loss is nan", divergence_step=17)
+    decision = sched.on_trial_result(None, t, reported)
     assert decision == STOP
     assert sched.verdicts["a"] == {"reason": "loss is nan", "step": 17}
 

@@ -127,7 +127,10 @@ def test_cohort_outlier():
     assert signals.cohort_outlier(10, 5e4, None, [1, 2, 3], factor=1e3, min_trials=3) is None
 
 
-def run_monitor(losses, norms, cfg=None, ref=math.log(10), ratios=None):
+CHANCE = math.log(10)
+
+
+def run_monitor(losses, norms, cfg=None, ref=CHANCE, ratios=None):
     monitor = signals.Monitor(cfg or DivergenceSpec(), reference_loss=ref, budget=len(losses))
     ratios = ratios or [1e-3] * len(losses)
     for step, (loss, norm, ratio) in enumerate(zip(losses, norms, ratios), start=1):

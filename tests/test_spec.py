@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from gradtune import spec as spec_mod
 from gradtune.errors import GradtuneError
@@ -106,7 +107,7 @@ def test_set_into_a_scalar_is_an_error(tmp_path):
 
 def test_spec_is_frozen_and_dump_round_trips():
     spec = SweepSpec()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         spec.name = "other"  # type: ignore[misc]
     import yaml
 
