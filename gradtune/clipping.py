@@ -94,7 +94,7 @@ class AdaptiveClip:
 
     def __call__(self, params: Params) -> tuple[Tensor, Tensor]:
         with_grad = [p for p in params if p.grad is not None]
-        norm = get_total_norm([p.grad for p in with_grad], 2.0)
+        norm = get_total_norm(_grads(with_grad), 2.0)
         clipped = _no(norm)
         for p in with_grad:
             g = p.grad

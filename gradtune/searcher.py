@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
-from typing import Any
+from typing import Any, cast
 
 import optuna
 from optuna.trial import TrialState
@@ -60,24 +60,25 @@ class DivergenceAwareSearch(OptunaSearch):
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         ot_trial = self._ot_trials[trial_id]
-        value = (result or {}).get(self._metric)  # type: ignore[arg-type]
-        finite = isinstance(value, (int, float)) and math.isfinite(value)
-        diverged = is_diverged(result)
+        study = cast(optuna.Study, self._ot_study)  # set up by OptunaSearch once a space exists
+        raw = (result or {}).get(self._metric)  # type: ignore[arg-type]
+        value = float(raw) if isinstance(raw, (int, float)) else math.nan
         if error:
-            self._ot_study.tell(ot_trial, state=TrialState.FAIL)
-        elif diverged:
+            study.tell(ot_trial, state=TrialState.FAIL)
+        elif is_diverged(result):
             ot_trial.set_constraint(CONSTRAINT, 1.0)
-            penalty = self._worst if self._worst is not None else (value if finite else self._sentinel())
-            self._ot_study.tell(ot_trial, float(penalty), state=TrialState.COMPLETE)
-        elif finite and (result or {}).get("final"):
+            fallback = value if math.isfinite(value) else self._sentinel()
+            study.tell(ot_trial, self._worst if self._worst is not None else fallback,
+                       state=TrialState.COMPLETE)
+        elif math.isfinite(value) and (result or {}).get("final"):
             ot_trial.set_constraint(CONSTRAINT, -1.0)
-            self._ot_study.tell(ot_trial, float(value), state=TrialState.COMPLETE)
-            self._note_worst(float(value))
+            study.tell(ot_trial, value, state=TrialState.COMPLETE)
+            self._note_worst(value)
         else:
             # Stopped early for performance: Optuna's PRUNED, ranked by its last intermediate
             # value (reported in on_trial_result).
             ot_trial.set_constraint(CONSTRAINT, -1.0)
-            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+            study.tell(ot_trial, state=TrialState.PRUNED)
         self._completed_trials.add(trial_id)
 
     def _sentinel(self) -> float:
