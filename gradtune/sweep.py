@@ -50,13 +50,14 @@ class SweepResult:
         return pick(done, key=lambda t: t["result"][metric])
 
 
-def run(spec: SweepSpec, address: str | None = None, search: Any = None) -> SweepResult:
+def run(spec: SweepSpec, address: str | None = None, search: Any = None, verbose: int = 1) -> SweepResult:
     """Run the sweep described by ``spec``; ``address`` joins an existing Ray cluster
     (else ``RAY_ADDRESS``, else a local Ray). Reuses an already initialised Ray session
     and leaves it running; shuts down only a Ray it started itself.
 
     ``search`` replaces gradtune's searcher with any Tune ``Searcher`` (the benchmarks
-    compare against Ray's plain ``OptunaSearch`` this way); it runs ``search.trials``."""
+    compare against Ray's plain ``OptunaSearch`` this way); it runs ``search.trials``.
+    ``verbose`` is Tune's: 1 prints the progress table, 0 stays quiet."""
     import ray
     from ray import tune
 
@@ -98,7 +99,7 @@ def run(spec: SweepSpec, address: str | None = None, search: Any = None) -> Swee
                 storage_path=storage,
                 callbacks=[sched.VerdictCallback(scheduler), tracker],
                 failure_config=tune.FailureConfig(max_failures=0),
-                verbose=1,
+                verbose=verbose,
             ),
         )
         tuner.fit()

@@ -180,6 +180,7 @@ class MLflowTracking(Callback):
         status = {"failed": "FAILED", "pruned": "KILLED"}.get(outcome, "FINISHED")
         self.client.set_terminated(run_id, status=status)
         self.summary[trial.trial_id] = {
+            "number": list(self.runs).index(trial.trial_id),  # start order (suggestion order)
             "outcome": outcome,
             "run_id": run_id,
             "params": trial_params(self.spec, trial.config),
