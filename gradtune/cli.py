@@ -39,6 +39,10 @@ def _sweep_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     spec = spec_mod.load(args.spec, _sweep_overrides(args))
+    if args.address is None and os.environ.get("RAY_ADDRESS", "") in ("", "local"):
+        # A Ray of the sweep's own stays on loopback: on Linux, Ray advertises the routable
+        # IP and listens on every interface unless this is 0. Ray reads it on import.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     # Imported here: validate/ui must not pay for torch and Ray.
     from gradtune import report, sweep
 

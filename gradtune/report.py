@@ -40,8 +40,11 @@ def summary(result: SweepResult) -> str:
                      + ", ".join(f"{k}={_fmt(v)}" for k, v in shown.items()))
         lines.append("    " + ", ".join(f"{k}={_fmt(v)}" for k, v in best["params"].items()))
         lines.append(f"    MLflow run {best['run_id']}")
+    uri = result.tracking_uri
+    ui = uri if uri.startswith(("http://", "https://")) else (
+        f"python -m gradtune ui --tracking-uri {shlex.quote(uri)}")
     lines += [
         f"  MLflow: experiment '{result.experiment}', parent run {result.parent_run_id}",
-        f"  open the UI: python -m gradtune ui --tracking-uri {shlex.quote(result.tracking_uri)}",
+        f"  open the UI: {ui}",
     ]
     return "\n".join(lines)

@@ -73,8 +73,8 @@ def run(spec: SweepSpec, address: str | None = None, search: Any = None, verbose
     status = "FAILED"
     try:
         if own_ray:
-            ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
-        _check_resources(spec, ray.cluster_resources())
+            _init_ray(address)
+        _check_resources(spec, ray.nodes())
         scheduler = sched.DivergenceScheduler(spec)
         own_search, num_trials = searcher.make(spec)
         search = own_search if search is None else search
@@ -121,12 +121,52 @@ def _storage(path: str | None) -> str | None:
     return os.path.abspath(os.path.expanduser(path))
 
 
-def _check_resources(spec: SweepSpec, cluster: dict[str, float]) -> None:
-    """Fail fast instead of leaving trials pending forever on resources no node has."""
+def _init_ray(address: str | None) -> None:
+    """``ray.init`` for the sweep: a cluster at ``address`` (else ``RAY_ADDRESS``), else a
+    local Ray. A cluster that cannot be reached is one line, with the usual cause."""
+    import ray
+
+    _token_auth_from_env()
+    try:
+        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+    except (ConnectionError, ray.exceptions.AuthenticationError) as exc:
+        target = address or os.environ.get("RAY_ADDRESS") or "local"
+        hint = ""
+        if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+            hint = ("; if the cluster uses token authentication, set RAY_AUTH_TOKEN or "
+                    "RAY_AUTH_TOKEN_PATH (and RAY_AUTH_MODE=token)")
+        raise GradtuneError(f"Ray cluster {target}: cannot connect ({exc}){hint}") from None
+
+
+def _token_auth_from_env() -> None:
+    """Ray (2.52+) sends a token to a cluster named by address only under
+    ``RAY_AUTH_MODE=token``; a token given in ``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH``
+    means it is wanted. An explicit ``RAY_AUTH_MODE`` is left as it is."""
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
+        return
+    os.environ["RAY_AUTH_MODE"] = "token"
+    from ray._raylet import Config
+
+    Config.initialize("")  # the mode is cached at import; Ray's own _enable_token_auth does this
+
+
+def _check_resources(spec: SweepSpec, nodes: list[dict[str, Any]]) -> None:
+    """Fail fast instead of leaving trials pending forever on resources no node has. A
+    trial runs on one node, so one node must have all it asks for: the cluster's total is
+    not enough (two 1-CPU nodes cannot run a 2-CPU trial)."""
     need = {"CPU": spec.resources.cpu, "GPU": spec.resources.gpu}
-    for name, amount in need.items():
-        if amount > 0 and cluster.get(name, 0.0) < amount:
-            raise GradtuneError(
-                f"resources.{name.lower()}: each trial needs {amount:g} {name}, but the Ray "
-                f"cluster has {cluster.get(name, 0.0):g}"
-            )
+    need = {name: amount for name, amount in need.items() if amount > 0}
+    alive = [node.get("Resources", {}) for node in nodes if node.get("Alive")]
+    if any(all(res.get(k, 0.0) >= v for k, v in need.items()) for res in alive):
+        return
+    asked = ", ".join(f"{v:g} {k}" for k, v in need.items())
+    have = "; ".join(
+        ", ".join(f"{res.get(k, 0.0):g} {k}" for k in need) for res in alive
+    ) or "no node"
+    keys = " and ".join(f"resources.{k.lower()}" for k in need)
+    raise GradtuneError(
+        f"{keys}: each trial needs {asked} on one node, but no node of the Ray cluster has "
+        f"that ({len(alive)} node(s): {have})"
+    )

@@ -4,6 +4,10 @@ seconds) and each get their own MLflow SQLite store in a temporary directory."""
 from __future__ import annotations
 
 import os
+
+# Ray reads this on import: the tests' own local Ray listens on loopback only (on Linux Ray
+# otherwise advertises the routable IP and listens on every interface).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 from pathlib import Path
 from typing import Any
 
