@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from typing import Any
 
@@ -108,11 +109,14 @@ class MLflowTracking(Callback):
             tags={"gradtune.role": "sweep", "gradtune.workload": self.spec.workload.name},
         )
         self.parent_id = run.info.run_id
-        flat = spec_mod.flatten(self.spec.model_dump(mode="json"))
+        # Credentials in a URI (user:password@host) stay out of what is logged.
+        logged = self.spec.model_copy(update={"tracking": self.spec.tracking.model_copy(
+            update={"uri": redact(self.spec.tracking.uri)})})
+        flat = spec_mod.flatten(logged.model_dump(mode="json"))
         params = [Param(k, _param_value(v)) for k, v in flat.items()]
         for i in range(0, len(params), 100):
             self.client.log_batch(self.parent_id, params=params[i : i + 100])
-        self.client.log_text(self.parent_id, spec_mod.dump(self.spec), "spec.yaml")
+        self.client.log_text(self.parent_id, spec_mod.dump(logged), "spec.yaml")
         return self.parent_id
 
     def finish(self, status: str = "FINISHED") -> None:
@@ -202,6 +206,11 @@ REPORTED = {
     "step", "train_loss", "grad_norm", "grad_norm_max", "clip_fraction", "val_loss",
     "val_accuracy", "diverged", "divergence_reason", "divergence_step", "final", "node_id",
 }
+
+
+def redact(uri: str) -> str:
+    """``scheme://user:secret@host/...`` -> ``scheme://***@host/...``; other text unchanged."""
+    return re.sub(r"(?<=://)[^/@\s]+@", "***@", uri)
 
 
 def _param_value(value: Any) -> str:

@@ -100,3 +100,4 @@ def test_tpe_sweep_with_asha(ray_session, tiny_spec):
     assert len(result.trials) == 6
     assert sum(result.counts().values()) == 6
     assert result.counts()["failed"] == 0
+

@@ -1,0 +1,47 @@
+"""MLflow naming, outcome and metric extraction (no MLflow server needed)."""
+
+from __future__ import annotations
+
+import math
+
+from gradtune import tracking
+
+
+def test_run_name_is_readable():
+    name = tracking.run_name({"norm": "layer", "clip_method": "norm", "clip_threshold": 1.0,
+                              "init_scale": 2.0, "batch_size": 64})
+    assert name == "norm=layer clip=norm@1 init=2 bs=64"
+    assert tracking.run_name({"norm": "none", "clip_method": "none", "init_scale": 0.5,
+                              "batch_size": 16}) == "norm=none clip=none init=0.5 bs=16"
+
+
+def test_outcome_of():
+    assert tracking.outcome_of({"diverged": 1, "final": 1}) == "diverged"
+    assert tracking.outcome_of({"diverged": 0, "final": 1}) == "completed"
+    assert tracking.outcome_of({"diverged": 0, "final": 0}) == "pruned"
+    assert tracking.outcome_of({"final": 1}, errored=True) == "failed"
+    assert tracking.outcome_of(None) == "pruned"
+
+
+def test_metrics_are_logged_against_the_training_step_and_keep_nan():
+    result = {"step": 40, "train_loss": math.nan, "grad_norm": math.inf, "val_accuracy": 0.5,
+              "training_iteration": 4, "time_total_s": 1.0, "node_id": "abc", "final": 1,
+              "divergence_reason": "loss is nan", "diverged": 1}
+    metrics = {m.key: m for m in tracking.metrics_of(result, 0)}
+    assert set(metrics) == {"train_loss", "grad_norm", "val_accuracy", "diverged"}
+    assert all(m.step == 40 for m in metrics.values())
+    assert math.isnan(metrics["train_loss"].value) and math.isinf(metrics["grad_norm"].value)
+
+
+def test_credentials_in_the_tracking_uri_are_not_logged():
+    assert tracking.redact("https://alice:s3cret@mlflow.example.com/") == "https://***@mlflow.example.com/"
+    assert tracking.redact("postgresql+psycopg2://u:p@db:5432/m") == "postgresql+psycopg2://***@db:5432/m"
+    assert tracking.redact("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
+    assert tracking.redact("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+
+
+def test_relative_sqlite_uri_becomes_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert tracking.resolve_uri("sqlite:///mlflow.db") == f"sqlite:///{tmp_path}/mlflow.db"
+    assert tracking.resolve_uri("sqlite:////abs/m.db") == "sqlite:////abs/m.db"
+    assert tracking.resolve_uri("http://h:5000") == "http://h:5000"
