@@ -37,8 +37,17 @@ def _sweep_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
+def _check_workload(spec: spec_mod.SweepSpec) -> None:
+    """A bad workload name, option or plug-in fails here in one line, before Ray starts
+    (built-ins are checked without importing torch)."""
+    from gradtune import workloads
+
+    workloads.check(spec.workload.name, spec.workload.options, spec.search.space)
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     spec = spec_mod.load(args.spec, _sweep_overrides(args))
+    _check_workload(spec)
     if args.address is None and os.environ.get("RAY_ADDRESS", "") in ("", "local"):
         # A Ray of the sweep's own stays on loopback: on Linux, Ray advertises the routable
         # IP and listens on every interface unless this is 0. Ray reads it on import.
@@ -53,6 +62,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     spec = spec_mod.load(args.spec, dict(spec_mod.parse_set(item) for item in args.set))
+    _check_workload(spec)
     from gradtune import search_space
 
     if spec.search.sampler == "grid":
@@ -80,10 +90,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 def cmd_workloads(args: argparse.Namespace) -> int:
     from gradtune import workloads
 
-    for name in workloads.BUILTIN:
-        opts = ", ".join(f"{k}={v}" for k, v in workloads.options_of(name).items())
-        print(f"{name:14s} {opts}")
-    print("plug-in        module.path:factory (see README, 'Bring your own model')")
+    print(workloads.listing())
     return 0
 
 

@@ -8,7 +8,8 @@ as 0-dim tensors on the gradients' device: nothing here forces a host sync.
 none       ignored
 norm       max global L2 norm (``torch.nn.utils.clip_grad_norm_``)
 value      max absolute element (``torch.nn.utils.clip_grad_value_``)
-agc        lambda: unit-wise ``||G_i|| <= lambda * max(||W_i||, 1e-3)`` (Brock et al. 2021)
+agc        lambda: unit-wise ``||G_i|| <= lambda * max(||W_i||, 1e-3)`` (Brock et al. 2021),
+           on every parameter (the paper exempts the classifier; a clipper sees no layers)
 autoclip   percentile (0, 100] of the history of pre-clip norms (Seetharaman et al. 2020)
 zclip      z-score over an EMA of the norm; outliers are scaled to
            ``mean + z^2 std / z_t`` (Kumar et al. 2025, "adaptive scaling"), after 25 warm-up steps

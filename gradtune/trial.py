@@ -97,7 +97,7 @@ def train(
     model = wl.model.train()
     weights = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(model, params)
-    warmup = params["warmup_steps"]
+    warmup = params["warmup_steps"] or wl.warmup_steps  # the spec's, else the workload's
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
     )

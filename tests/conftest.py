@@ -12,8 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from gradtune import spec as spec_mod
+
+# In-process training gets one thread, as a trial with resources.cpu=1 does; two threads
+# on this 2-core machine, beside Ray workers, made tests 10x slower.
+torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -20,6 +19,8 @@ class Workload:
     ``train_batches`` never ends (the trial counts steps, not epochs). ``val_batches`` is
     a finite list evaluated whole. ``reference_loss`` is the loss of a trivial predictor
     (chance level for classification), the yardstick for "far above chance".
+    ``warmup_steps`` is the LR warmup the workload asks for (the transformer's option); the
+    trial uses it only where the spec's own ``warmup_steps`` is 0.
     """
 
     model: nn.Module
@@ -28,6 +29,7 @@ class Workload:
     loss_fn: Callable[[Tensor, Tensor], Tensor]
     task: str  # "classification" | "regression"
     reference_loss: float
+    warmup_steps: int = 0
 
 
 def shuffled_batches(
@@ -69,6 +71,51 @@ def _groups(width: int) -> int:
     return max(g for g in range(1, min(32, width) + 1) if width % g == 0)
 
 
+class Features(nn.Module):
+    """Applies a feature-wise norm to ``(..., width)`` by folding the leading dims into the
+    batch: for BatchNorm and GroupNorm on tokens, whose own layout is ``(N, C, *)``."""
+
+    def __init__(self, norm: nn.Module) -> None:
+        super().__init__()
+        self.norm = norm
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(x.reshape(-1, x.shape[-1])).reshape(x.shape)
+
+
+def token_norm_layer(norm: str, width: int) -> nn.Module:
+    """The norm for ``(batch, tokens, width)`` activations (statistics per token)."""
+    layer = norm_layer(norm, width)
+    return Features(layer) if norm in ("batch", "group") else layer
+
+
+class ChannelRMSNorm(nn.Module):
+    """RMSNorm over (C, H, W) with a per-channel gain: the conv analogue of LayerNorm as
+    ``GroupNorm(1, C)``, without the mean subtraction."""
+
+    def __init__(self, channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(1, channels, 1, 1))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        rms = x.pow(2).mean(dim=(1, 2, 3), keepdim=True).add(self.eps).rsqrt()
+        return x * rms * self.weight
+
+
+def conv_norm_layer(norm: str, channels: int) -> nn.Module:
+    """The norm after a conv layer: batch, group (Wu & He), layer (over C, H, W) or rms."""
+    if norm == "batch":
+        return nn.BatchNorm2d(channels)
+    if norm == "group":
+        return nn.GroupNorm(_groups(channels), channels)
+    if norm == "layer":
+        return nn.GroupNorm(1, channels)
+    if norm == "rms":
+        return ChannelRMSNorm(channels)
+    return norm_layer(norm, channels)  # none, or the unknown-norm error
+
+
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh}
 # Variance-preserving gain per activation: He for ReLU, LeCun for tanh (sigma_w^2 = 2 or 1).
 GAINS = {"relu": math.sqrt(2.0), "tanh": 1.0, "linear": 1.0}
@@ -85,6 +132,20 @@ def scale_init(model: nn.Module, init_scale: float, gain: float) -> None:
                 nn.init.zeros_(module.bias)
 
 
+WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Bilinear)
+
+
+@torch.no_grad()
+def rescale_init(model: nn.Module, init_scale: float) -> None:
+    """Multiply the initial weight of every Linear/Conv/Bilinear layer by ``init_scale``:
+    a multiplier on whatever init the model chose (used for plug-in models)."""
+    if init_scale == 1.0:
+        return
+    for module in model.modules():
+        if isinstance(module, WEIGHT_LAYERS):
+            module.weight.mul_(init_scale)
+
+
 @torch.no_grad()
 def evaluate(workload: Workload) -> dict[str, float]:
     """Validation loss (mean over samples) and, for classification, accuracy.
@@ -96,24 +157,17 @@ def evaluate(workload: Workload) -> dict[str, float]:
     total_loss = torch.zeros(())
     correct = torch.zeros(())
     count = 0
+    targets = 0
     for x, y in workload.val_batches:
         out = model(x)
         total_loss = total_loss + workload.loss_fn(out, y).detach().cpu() * x.shape[0]
         if workload.task == "classification":
+            # Per target, not per example: a sequence model predicts one token per position.
             correct = correct + (out.argmax(dim=-1) == y).sum().cpu()
+            targets += y.numel()
         count += x.shape[0]
     model.train(was_training)
     metrics = {"val_loss": float(total_loss) / max(count, 1)}
     if workload.task == "classification":
-        metrics["val_accuracy"] = float(correct) / max(count, 1)
+        metrics["val_accuracy"] = float(correct) / max(targets, 1)
     return metrics
-
-
-def option(options: dict[str, Any], name: str, default: Any, kind: type) -> Any:
-    """Read a workload option with its type checked; ``ValueError`` names the option."""
-    value = options.get(name, default)
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ValueError(f"workload option {name}: expected {kind.__name__}, but got {value!r}")
-    return value

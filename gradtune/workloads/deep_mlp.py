@@ -19,12 +19,13 @@ from gradtune.workloads.base import (
     Workload,
     chunks,
     norm_layer,
-    option,
     scale_init,
     shuffled_batches,
 )
+from gradtune.workloads.catalog import BUILTIN, resolve
 
-OPTIONS = {"depth": 20, "width": 64, "activation": "relu"}
+SCHEMA = BUILTIN["deep_mlp"].options
+OPTIONS = BUILTIN["deep_mlp"].defaults()
 
 
 def digits(seed: int, device: torch.device) -> tuple[torch.Tensor, ...]:
@@ -52,17 +53,11 @@ def mlp(
     return nn.Sequential(*layers)
 
 
-def build(options: dict[str, Any], params: dict[str, Any], seed: int, device: torch.device) -> Workload:
-    unknown = set(options) - set(OPTIONS)
-    if unknown:
-        raise ValueError(f"workload option {sorted(unknown)[0]}: unknown; known: {', '.join(OPTIONS)}")
-    depth = option(options, "depth", OPTIONS["depth"], int)
-    width = option(options, "width", OPTIONS["width"], int)
-    activation = option(options, "activation", OPTIONS["activation"], str)
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"workload option activation: {activation!r} is not one of relu, tanh")
-    if depth < 0 or width < 1:
-        raise ValueError(f"workload options depth/width: need depth >= 0, width >= 1, got {depth}, {width}")
+def build(
+    options: dict[str, Any], params: dict[str, Any], seed: int, device: torch.device
+) -> Workload:
+    opts = resolve(SCHEMA, options)
+    depth, width, activation = opts["depth"], opts["width"], opts["activation"]
     x_tr, y_tr, x_va, y_va = digits(seed, device)
     torch.manual_seed(seed)
     model = mlp(x_tr.shape[1], 10, depth, width, activation, params["norm"]).to(device)
