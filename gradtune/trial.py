@@ -77,6 +77,27 @@ class Window:
         }
 
 
+class Judge:
+    """The per-step divergence decision: the monitor's rules on every step, except that
+    under fp16 an inf gradient is the loss scaler's signal (step skipped, scale lowered),
+    not divergence; then only a non-finite loss or ``MAX_OVERFLOWS`` overflows in a row are."""
+
+    def __init__(self, monitor: StepMonitor, amp: Precision) -> None:
+        self.monitor = monitor
+        self.amp = amp
+        self.overflows = 0
+
+    def __call__(self, step: int, loss: float, grad_norm: float, ratio: float) -> signals.Verdict | None:
+        if not self.amp.overflowed(grad_norm):
+            self.overflows = 0
+            return self.monitor.update(step, loss, grad_norm, ratio)
+        self.overflows += 1
+        verdict = signals.nonfinite(step, loss=loss)
+        if verdict is None and self.overflows >= MAX_OVERFLOWS:
+            verdict = signals.Verdict(True, f"fp16 gradients overflowed {self.overflows} steps in a row", step)
+        return verdict
+
+
 class StepMonitor(Protocol):
     def update(self, step: int, loss: float, grad_norm: float, ratio: float) -> signals.Verdict | None: ...
 
@@ -106,7 +127,7 @@ def train(
         monitor = signals.Monitor(spec.divergence, reference_loss=wl.reference_loss, budget=t.steps)
     updates = telemetry.UpdateRatio(weights)
     amp = Precision(t.precision, device)
-    overflows = 0  # consecutive fp16 overflow steps
+    judge = Judge(monitor, amp)
     eval_every = t.eval_every or t.report_every
     val: dict[str, float] = {}
     window = Window()
@@ -130,16 +151,7 @@ def train(
             [loss.detach().float(), grad_norm.float(), clipped.float(), ratio.float()]
         ).tolist()
         window.add(loss_v, norm_v, bool(clipped_v))
-        if amp.overflowed(norm_v):
-            # fp16: an inf gradient is the loss scaler's signal (step skipped, scale lowered),
-            # not divergence; only a non-finite loss or endless overflow is.
-            overflows += 1
-            verdict = signals.nonfinite(step, loss=loss_v)
-            if verdict is None and overflows >= MAX_OVERFLOWS:
-                verdict = signals.Verdict(True, f"fp16 gradients overflowed {overflows} steps in a row", step)
-        else:
-            overflows = 0
-            verdict = monitor.update(step, loss_v, norm_v, ratio_v)
+        verdict = judge(step, loss_v, norm_v, ratio_v)
         done = verdict is not None or step == t.steps
         if done or step % eval_every == 0:
             val = workloads.evaluate(wl)

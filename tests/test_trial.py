@@ -112,3 +112,18 @@ def test_mixed_precision_trains_and_clips_unscaled_gradients(precision):
     _, last = run({"norm": "layer", "clip_method": "norm", "clip_threshold": 0.5},
                   **{"training.precision": precision, "training.steps": 10})
     assert last["final"] == 1 and last["diverged"] == 0
+
+
+def test_fp16_overflow_steps_are_the_scalers_business_unless_endless():
+    from gradtune import signals
+    from gradtune.precision import Precision
+    from gradtune.spec import DivergenceSpec
+
+    monitor = signals.Monitor(DivergenceSpec(), reference_loss=2.3, budget=100)
+    judge = trial.Judge(monitor, Precision("fp16", torch.device("cpu")))
+    verdicts = [judge(step, 2.3, math.inf, math.nan) for step in range(1, trial.MAX_OVERFLOWS)]
+    assert verdicts == [None] * (trial.MAX_OVERFLOWS - 1)
+    assert judge(trial.MAX_OVERFLOWS, 2.3, math.inf, math.nan) is not None
+    assert trial.Judge(monitor, Precision("fp16", torch.device("cpu")))(1, math.nan, math.inf, 0.0) is not None
+    # fp32: an inf gradient is divergence at once
+    assert trial.Judge(monitor, Precision("fp32", torch.device("cpu")))(1, 2.3, math.inf, 0.0) is not None
