@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from gradtune.workloads.rnn_adding import TRIVIAL_MSE
 
@@ -28,16 +27,6 @@ def _load_science():
 
 S = _load_science()
 LN10 = math.log(10)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread, as a trial has with ``resources.cpu: 1``: tiny ops on a shared
-    machine run many times slower with threads contending."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # ----------------------------------------------------------------------------- deep_mlp

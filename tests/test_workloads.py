@@ -34,16 +34,6 @@ SMALL = {
 NORMS = ("none", "batch", "layer", "group", "rms")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread, as a trial has with ``resources.cpu: 1``: tiny ops on a shared
-    machine run many times slower with threads contending."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def build(name, options=None, **params):
     return probes.make(name, SMALL[name] if options is None else options, **params)
 
