@@ -154,7 +154,7 @@ def in_trial_stop(spec: SweepSpec, tr: Trace) -> int | None:
     return None
 
 
-def reports_until(tr: Trace, stop: int | None, report_every: int) -> list[dict[str, Any]]:
+def reports_until(tr: Trace, stop: int | None) -> list[dict[str, Any]]:
     """The reports the trial would have sent if it stopped itself at ``stop``."""
     if stop is None:
         return tr.reports
@@ -249,7 +249,7 @@ def run_methods(spec: SweepSpec, traces: list[Trace]) -> dict[str, dict[int, int
 
     # gradtune: per-step monitor inside the trial, then the driver scheduler on the reports
     own = [in_trial_stop(spec, t) for t in traces]
-    streams = [reports_until(t, s, every) for t, s in zip(traces, own)]
+    streams = [reports_until(t, s) for t, s in zip(traces, own)]
     gradtune = simulate(DivergenceScheduler(spec), streams, budget)
 
     raw = [t.reports for t in traces]  # nothing stops a trial by itself under the baselines
