@@ -13,7 +13,7 @@ and the best validation accuracy found:
 Prints a table, then one JSON line with, for each searcher, ``second_half_diverged`` (mean
 share over seeds) and ``best_val_accuracy`` (mean over seeds).
 
-    python benchmarks/search.py [--seeds 0 1 2] [--trials 40] [--steps 150] [--space stress|quickstart]
+    python benchmarks/search.py [--seeds 0 1 2] [--trials 40] [--steps 150] [--space stress|edge|quickstart]
 """
 
 from __future__ import annotations
@@ -51,8 +51,20 @@ STRESS = {
 }
 
 
+# The edge of stability: a plain deep MLP whose best learning rate sits just below the one
+# that blows it up, the usual place of the optimum in a learning-rate sweep.
+EDGE = {
+    "clip_method": "none",
+    "norm": "none",
+    "batch_size": 64,
+    "init_scale": {"low": 0.5, "high": 2.0, "log": True},
+    "lr": {"low": 0.01, "high": 3.0, "log": True},
+}
+SPACES = {"stress": STRESS, "edge": EDGE, "quickstart": None}
+
+
 def make_spec(method: str, seed: int, trials: int, steps: int, tmp: Path, space: str) -> SweepSpec:
-    overrides = {"search.space": STRESS} if space == "stress" else {}
+    overrides = {"search.space": SPACES[space]} if SPACES[space] else {}
     return load(None, {
         **overrides,
         "name": f"bench-search-{method}-{seed}",
@@ -91,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--trials", type=int, default=40)
-    p.add_argument("--space", choices=["stress", "quickstart"], default="stress")
+    p.add_argument("--space", choices=list(SPACES), default="stress")
     p.add_argument("--steps", type=int, default=150)
     args = p.parse_args(argv)
 
