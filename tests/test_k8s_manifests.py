@@ -51,6 +51,7 @@ MLFLOW_SERVICE = "mlflow"
 MLFLOW_PORT = 5000
 MLFLOW_CLIENT_LABEL = ("gradtune/mlflow-client", "true")
 
+# A safe loader (the C one where PyYAML has it: the CRD files are 1-2 MB); never yaml.Loader.
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
