@@ -105,14 +105,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trials", type=int, default=40)
     p.add_argument("--space", choices=list(SPACES), default="stress")
     p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     args = p.parse_args(argv)
 
     ray.init(include_dashboard=False, logging_level=logging.WARNING)
-    rows: dict[str, list[dict[str, Any]]] = {m: [] for m in METHODS}
+    rows: dict[str, list[dict[str, Any]]] = {m: [] for m in args.methods}
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for seed in args.seeds:
-                for method in METHODS:
+                for method in args.methods:
                     row = one_sweep(method, seed, args.trials, args.steps, Path(tmp), args.space)
                     rows[method].append(row)
                     print(f"seed {seed} {method:13s} {row}", flush=True)
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             "best_val_accuracy": round(statistics.mean(r["best_val_accuracy"] for r in rows[m]), 4),
             "diverged_total": sum(r["diverged"] for r in rows[m]),
         }
-        for m in METHODS
+        for m in args.methods
     }
     print(f"{'searcher':14s} {'second_half_diverged':>22s} {'best_val_accuracy':>18s} {'diverged (all seeds)':>22s}")
     for m, s in summary.items():

@@ -12,6 +12,10 @@ region. :class:`DivergenceAwareSearch` tells every outcome instead:
 - an errored trial: ``FAIL``.
 
 Intermediate results with NaN/inf objectives are not reported to Optuna.
+
+TPE alone still proposes the unstable edge next to its best trials, so gradtune's TPE is
+wrapped in :class:`gradtune.feasibility.FeasibleSampler`, which screens its proposals with
+a classifier of which configurations diverged.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+from gradtune.feasibility import FeasibleSampler
 from gradtune.search_space import define_by_run, grid_points
 from gradtune.spec import SweepSpec
 
@@ -116,7 +121,7 @@ def make(spec: SweepSpec) -> tuple[DivergenceAwareSearch, int]:
     points: list[dict[str, Any]] | None = None
     trials = spec.search.trials
     if spec.search.sampler == "tpe":
-        sampler: optuna.samplers.BaseSampler = tpe(seed, trials)
+        sampler: optuna.samplers.BaseSampler = FeasibleSampler(tpe(seed, trials), CONSTRAINT, seed)
     else:
         sampler = optuna.samplers.RandomSampler(seed=seed)
     if spec.search.sampler == "grid":
