@@ -114,6 +114,11 @@ def tpe(seed: int, trials: int) -> optuna.samplers.TPESampler:
         )
 
 
+def screened_tpe(seed: int, trials: int) -> FeasibleSampler:
+    """gradtune's sampler: :func:`tpe`, its proposals screened for divergence risk."""
+    return FeasibleSampler(tpe(seed, trials), CONSTRAINT, seed)
+
+
 def make(spec: SweepSpec) -> tuple[DivergenceAwareSearch, int]:
     """The searcher for ``spec`` and the number of trials to run."""
     seed = spec.search_seed
@@ -121,7 +126,7 @@ def make(spec: SweepSpec) -> tuple[DivergenceAwareSearch, int]:
     points: list[dict[str, Any]] | None = None
     trials = spec.search.trials
     if spec.search.sampler == "tpe":
-        sampler: optuna.samplers.BaseSampler = FeasibleSampler(tpe(seed, trials), CONSTRAINT, seed)
+        sampler: optuna.samplers.BaseSampler = screened_tpe(seed, trials)
     else:
         sampler = optuna.samplers.RandomSampler(seed=seed)
     if spec.search.sampler == "grid":

@@ -11,7 +11,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 
 from gradtune import searcher
-from gradtune.feasibility import FeasibleSampler, RiskModel, encode
+from gradtune.feasibility import ATTEMPTS, RANDOM_ATTEMPTS, FeasibleSampler, RiskModel, encode
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -77,21 +77,51 @@ def cliff_sweep(sampler, trials=40):
 def test_screening_keeps_tpe_off_the_cliff_next_to_the_optimum():
     seeds = (1, 3)
     plain = [cliff_sweep(searcher.tpe(s, 40)) for s in seeds]
-    screened = [cliff_sweep(FeasibleSampler(searcher.tpe(s, 40), "diverged", s)) for s in seeds]
+    screened = [cliff_sweep(searcher.screened_tpe(s, 40)) for s in seeds]
     # Measured: TPE alone 0.4 and 0.5, screened 0.15 and 0.1.
     assert sum(screened) < 0.5 * sum(plain)
     assert max(screened) <= 0.2
 
 
 def test_start_up_trials_are_left_to_the_base_sampler():
-    sampler = FeasibleSampler(searcher.tpe(0, 40), "diverged", 0)
+    sampler = searcher.screened_tpe(0, 40)
     cliff_sweep(sampler, trials=10)  # all within TPE's random start-up
     assert sampler.screened == 0
 
 
 def test_sampler_survives_a_pickle_round_trip():
     # Ray Tune checkpoints the searcher, and with it the sampler.
-    sampler = FeasibleSampler(searcher.tpe(0, 40), "diverged", 0)
+    sampler = searcher.screened_tpe(0, 40)
     cliff_sweep(sampler, trials=14)
     clone = pickle.loads(pickle.dumps(sampler))
     assert clone.screened == sampler.screened and clone.constraint == "diverged"
+
+
+class Stubborn(optuna.samplers.RandomSampler):
+    """A base sampler whose model always proposes ``lr = 0.9``."""
+
+    def infer_relative_search_space(self, study, trial):
+        return {"lr": SPACE["lr"]}
+
+    def sample_relative(self, study, trial, search_space):
+        return {"lr": 0.9}
+
+
+def test_a_base_stuck_on_the_unstable_region_is_overridden_by_a_safe_draw():
+    study = study_with([({"lr": 0.01 * 1.3**i}, 0.01 * 1.3**i > 0.2) for i in range(18)])
+    sampler = FeasibleSampler(Stubborn(seed=0), "diverged", seed=0)
+    trial = study.ask()
+    params = sampler.sample_relative(study, study.trials[-1], {"lr": SPACE["lr"]})
+    assert params["lr"] < 0.2  # a random draw predicted stable
+    assert sampler.screened >= 16  # every proposal of the base was drawn again
+    study.tell(trial, 1.0)
+
+
+def test_when_every_draw_looks_risky_the_least_risky_is_kept():
+    # Everything diverged except the smallest learning rate: no draw is below 50% risk.
+    study = study_with([({"lr": 0.01 * 1.3**i}, i >= 1) for i in range(18)])
+    sampler = FeasibleSampler(Stubborn(seed=0), "diverged", seed=0)
+    study.ask()
+    params = sampler.sample_relative(study, study.trials[-1], {"lr": SPACE["lr"]})
+    assert sampler.screened == 2 * ATTEMPTS + RANDOM_ATTEMPTS  # every draw was risky
+    assert params["lr"] < 0.02  # the draw nearest the one stable trial

@@ -74,3 +74,11 @@ def test_tpe_moves_away_from_the_diverging_region():
         if i >= 30:
             late.append(scale > 2.0)
     assert sum(late) / len(late) < 0.2
+
+
+def test_tpe_is_screened_for_divergence_risk_and_random_is_not():
+    from gradtune.feasibility import FeasibleSampler
+
+    assert isinstance(make()._sampler, FeasibleSampler)
+    random, _ = searcher.make(load(None, {"search.sampler": "random"}))
+    assert not isinstance(random._sampler, FeasibleSampler)
