@@ -19,11 +19,13 @@ Prints a table, then one JSON line: gradtune's figures at the top level, each ba
 under its name, and the ground truth under ``ground_truth``.
 
     python benchmarks/divergence.py [--trials 48] [--seeds 0 1] [--steps 300] [--traces DIR]
+                                    [--spec sweeps/rnn_adding.yaml] [--set KEY=VALUE ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import pickle
@@ -40,7 +42,7 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, MedianStoppingRule, Tri
 from gradtune import signals, trial, workloads
 from gradtune.scheduler import DivergenceScheduler
 from gradtune.search_space import define_by_run
-from gradtune.spec import SweepSpec, load
+from gradtune.spec import SweepSpec, load, parse_set
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -262,7 +264,10 @@ def run_methods(spec: SweepSpec, traces: list[Trace]) -> dict[str, dict[int, int
 
 def sweep_traces(spec: SweepSpec, n: int, seed: int, cache: Path | None) -> list[Trace]:
     configs = sample_configs(spec, n, seed)
-    path = cache / f"traces-seed{seed}-{n}x{spec.training.steps}.pkl" if cache else None
+    # The traces depend on everything but the divergence rules, which are only replayed.
+    key = hashlib.sha1(json.dumps(spec.model_dump(exclude={"divergence"}), sort_keys=True,
+                                  default=str).encode()).hexdigest()[:10]
+    path = cache / f"{spec.name}-{key}-seed{seed}-{n}.pkl" if cache else None
     if path is not None and path.exists():
         traces = [Trace(**d) for d in pickle.loads(path.read_bytes())]
         assert [t.config for t in traces] == configs, f"{path} holds other configurations"
@@ -282,13 +287,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--traces", type=Path, help="cache the ground-truth traces in this folder "
                    "(a later run re-evaluates only the rules)")
+    p.add_argument("--spec", type=Path, help="a sweep file whose workload and search space to "
+                   "sample (default: the quickstart)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec value, as in `gradtune sweep --set` (e.g. "
+                   "divergence.loss_vs_best=null to see a rule's share)")
     args = p.parse_args(argv)
+    overrides = dict(parse_set(item) for item in args.set)
 
     start = time.perf_counter()
     traces: list[Trace] = []
     stops: dict[str, dict[int, int]] = {"gradtune": {}, "asha": {}, "median": {}}
     for seed in args.seeds:
-        spec = load(None, {"training.steps": args.steps, "training.seed": seed})
+        spec = load(args.spec, {**overrides, "training.steps": args.steps, "training.seed": seed})
         sweep = sweep_traces(spec, args.trials, seed, args.traces)
         for name, stop in run_methods(spec, sweep).items():
             stops[name].update({len(traces) + i: s for i, s in stop.items()})
@@ -306,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     cols = ["recall", "false_prunes", "flagged_before_nonfinite", "median_lead_steps",
             "wasted_step_fraction", "step_savings", "stopped_non_diverged"]
-    print(f"{len(traces)} quickstart-space configurations (seeds {args.seeds}), {args.steps} steps: "
+    print(f"{len(traces)} {spec.name}-space configurations (seeds {args.seeds}), {args.steps} steps: "
           f"{truth['diverged']} diverged ({truth['nonfinite']} to NaN/inf)")
     print(f"{'method':10s} " + " ".join(f"{c:>24s}" for c in cols))
     for name, fig in methods.items():

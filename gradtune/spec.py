@@ -160,7 +160,7 @@ class DivergenceSpec(_Frozen):
     grad_growth: float | None = Field(default=1e3, gt=1)  # fitted growth over the window
     grad_ceiling: float | None = Field(default=1e4, gt=1)  # x the early median norm
     loss_factor: float | None = Field(default=100.0, gt=1)  # x chance-level loss, whole window
-    loss_vs_best: float | None = Field(default=None, gt=1)  # x the trial's best loss
+    loss_vs_best: float | None = Field(default=10.0, gt=1)  # x the trial's best loss
     update_ratio: float | None = Field(default=1.0, gt=0)  # ||dw||/||w|| of a single step
     cohort_factor: float | None = Field(default=1e3, gt=1)  # x the cohort's median at that step
     cohort_min_trials: int = Field(default=4, ge=2)

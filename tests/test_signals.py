@@ -184,3 +184,27 @@ def test_monitor_disabled_keeps_only_the_nan_floor():
 def test_monitor_rule_off_by_none():
     cfg = SimpleNamespace(**{**DivergenceSpec().model_dump(), "loss_factor": None})
     assert run_monitor([3e6] * 100, [5.0] * 100, cfg) is None
+
+
+def test_monitor_catches_a_loss_climbing_while_the_weights_churn():
+    # Seen with rnn_adding under fp16 + autoclip: the loss climbs from 12 to ~3700 (chance
+    # 0.167) over 200 steps while every update moves the weights ~20% of their norm. The
+    # stuck-loss rule lets it run (the weights could still move far), the gradient rules see
+    # no explosion; the loss-vs-best rule stops it once it sits 10x above its best.
+    # Window means of that trial's reports, every 10 steps (step 0: the initial loss).
+    means = [12, 30, 65, 212, 308, 401, 707, 554, 201, 236, 960, 1005, 1488, 1933, 2404, 2706,
+             2789, 2794, 3021, 3428, 3698]
+    losses = [means[i // 10] * (means[i // 10 + 1] / means[i // 10]) ** (i % 10 / 10)
+              for i in range(200)]
+    norms = [70.0 * (1 + i / 20) for i in range(200)]
+    verdict = run_monitor(losses, norms, ref=1 / 6, ratios=[0.2] * 200)
+    assert verdict is not None and verdict.step < 100 and "best" in verdict.reason
+
+
+def test_monitor_leaves_a_short_loss_spike_alone():
+    # A 10-step spike to 30x the best, then back: shorter than the window, no verdict.
+    n = 300
+    losses = [2.3 * math.exp(-i / 50) + 0.05 for i in range(n)]
+    for i in range(150, 160):
+        losses[i] = 30 * losses[149]
+    assert run_monitor(losses, [3.0] * n) is None
