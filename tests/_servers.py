@@ -47,6 +47,10 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self needs Python 3.11
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -238,7 +242,28 @@ _NODES_SCRIPT = textwrap.dedent("""
 """)
 
 
-class RayCluster:
+class _Service:
+    """A server a test starts and must stop: ``with`` stops it on exit, and also when
+    ``start`` fails half way (processes already spawned are not left behind)."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class RayCluster(_Service):
     """A Ray cluster of ``len(cpus)`` nodes on 127.0.0.1, node ``i`` with ``cpus[i]`` CPUs:
     ``ray start --head`` and ``ray start --address`` for the others, each node with its own
     temporary directory, ports picked free, token authentication on."""
@@ -336,16 +361,6 @@ class RayCluster:
         kill_sessions(self.sessions)
         shutil.rmtree(self.root, ignore_errors=True)
 
-    def __enter__(self) -> RayCluster:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
 
 # ------------------------------------------------------------------------ PostgreSQL
 DEFAULT_POSTGRES = (
@@ -422,7 +437,7 @@ def postgres_databases(admin_dsn: str, *suffixes: str) -> Iterator[list[str]]:
 
 
 # ----------------------------------------------------------------------- MLflow server
-class MlflowServer:
+class MlflowServer(_Service):
     """``mlflow server`` on 127.0.0.1 with the basic-auth app (as deployed), proxied
     artifacts under ``root/artifacts``, and the given backend and auth databases."""
 
@@ -499,13 +514,3 @@ class MlflowServer:
         if self.session is not None:
             kill_sessions([self.session])
             self.session = None
-
-    def __enter__(self) -> MlflowServer:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
