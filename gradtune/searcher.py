@@ -1,8 +1,10 @@
 """Optuna inside Ray Tune, taught by divergence.
 
-Ray's ``OptunaSearch`` tells Optuna a NaN objective, which Optuna turns into a FAIL that
-TPE ignores: diverged trials teach the sampler nothing and it keeps sampling the unstable
-region. :class:`DivergenceAwareSearch` tells every outcome instead:
+Ray's ``OptunaSearch`` tells Optuna a NaN objective as ``COMPLETE``, which Optuna rejects;
+the error is only logged and the trial stays ``RUNNING`` in the study for good. TPE learns
+nothing about divergence from it (its constant liar, on by default in Optuna 5, only
+counts it as one more unpromising guess, like a trial still in flight), and the unstable
+region keeps being sampled. :class:`DivergenceAwareSearch` tells every outcome instead:
 
 - a stable trial: ``COMPLETE`` with its objective and constraint ``-1`` (feasible);
 - a diverged trial: ``COMPLETE`` with constraint ``+1`` (infeasible) and, as its objective,

@@ -11,7 +11,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 
 from gradtune import searcher
-from gradtune.feasibility import ATTEMPTS, RANDOM_ATTEMPTS, FeasibleSampler, RiskModel, encode
+from gradtune.feasibility import ATTEMPTS, MAX_RISK, FeasibleSampler, RiskModel, encode
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -31,12 +31,14 @@ def test_encode_gives_zeros_for_a_parameter_that_did_not_apply():
     assert encode({"norm": "none"}, SPACE) == [0.0, 0.0, 1.0, 0.0]
 
 
-def study_with(points):
-    """A study with one finished trial per ``(params, diverged)``."""
-    study = optuna.create_study()
-    for params, diverged in points:
+def study_with(points, values=None, direction="minimize"):
+    """A study with one finished trial per ``(params, diverged)``, each of value 1 unless
+    ``values`` gives them."""
+    study = optuna.create_study(direction=direction)
+    for i, (params, diverged) in enumerate(points):
         trial = optuna.trial.create_trial(
-            params=params, distributions={k: SPACE[k] for k in params}, value=1.0,
+            params=params, distributions={k: SPACE[k] for k in params},
+            value=1.0 if values is None else values[i],
             constraints={"diverged": 1.0 if diverged else -1.0},
         )
         study.add_trial(trial)
@@ -78,7 +80,7 @@ def test_screening_keeps_tpe_off_the_cliff_next_to_the_optimum():
     seeds = (1, 3)
     plain = [cliff_sweep(searcher.tpe(s, 40)) for s in seeds]
     screened = [cliff_sweep(searcher.screened_tpe(s, 40)) for s in seeds]
-    # Measured: TPE alone 0.4 and 0.5, screened 0.15 and 0.1.
+    # Measured: TPE alone 0.4 and 0.5, screened 0.05 and 0.05.
     assert sum(screened) < 0.5 * sum(plain)
     assert max(screened) <= 0.2
 
@@ -98,7 +100,8 @@ def test_sampler_survives_a_pickle_round_trip():
 
 
 class Stubborn(optuna.samplers.RandomSampler):
-    """A base sampler whose model always proposes ``lr = 0.9``."""
+    """A base sampler whose joint model always proposes ``lr = 0.9`` (its per-parameter
+    draws are random)."""
 
     def infer_relative_search_space(self, study, trial):
         return {"lr": SPACE["lr"]}
@@ -107,21 +110,67 @@ class Stubborn(optuna.samplers.RandomSampler):
         return {"lr": 0.9}
 
 
+class Stuck(Stubborn):
+    """A base sampler that proposes ``lr = 0.9`` whichever way it is asked."""
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return 0.9
+
+
+def edge_study(direction="minimize"):
+    """Learning rates 0.01 * 1.3**i: above 0.2 they diverged; below, the larger the
+    better (the best stable trial sits at the edge, lr = 0.19)."""
+    lrs = [0.01 * 1.3**i for i in range(18)]
+    values = [1.0 / lr if direction == "minimize" else lr for lr in lrs]
+    return study_with([({"lr": lr}, lr > 0.2) for lr in lrs], values, direction)
+
+
+def suggest(sampler, study):
+    study.ask()
+    return sampler.sample_relative(study, study.trials[-1], {"lr": SPACE["lr"]})
+
+
 def test_a_base_stuck_on_the_unstable_region_is_overridden_by_a_safe_draw():
-    study = study_with([({"lr": 0.01 * 1.3**i}, 0.01 * 1.3**i > 0.2) for i in range(18)])
+    study = edge_study()
     sampler = FeasibleSampler(Stubborn(seed=0), "diverged", seed=0)
-    trial = study.ask()
-    params = sampler.sample_relative(study, study.trials[-1], {"lr": SPACE["lr"]})
-    assert params["lr"] < 0.2  # a random draw predicted stable
-    assert sampler.screened >= 16  # every proposal of the base was drawn again
-    study.tell(trial, 1.0)
+    params = suggest(sampler, study)
+    assert params["lr"] < 0.2  # a per-parameter draw predicted stable
+    assert sampler.screened >= ATTEMPTS  # every joint proposal of the base was drawn again
+
+
+@pytest.mark.parametrize("direction", ["minimize", "maximize"])
+def test_when_the_base_only_proposes_risky_points_the_safe_one_nearest_the_best_runs(direction):
+    study = edge_study(direction)
+    sampler = FeasibleSampler(Stuck(seed=0), "diverged", seed=0)
+    params = suggest(sampler, study)
+    model = RiskModel(study.trials[:-1], {"lr": SPACE["lr"]}, "diverged")
+    assert model.risk(params) < MAX_RISK
+    # Next to the best stable trial (lr 0.19), not anywhere in the safe range 0.01-0.2.
+    assert 0.1 < params["lr"] < 0.2
+    assert sampler.screened == 2 * ATTEMPTS
+
+
+class Wandering(Stubborn):
+    """A base sampler whose joint draws are 0.05, 0.1, 0.3, 0.6 in turn and whose
+    per-parameter draws are all 0.05."""
+
+    def __init__(self, seed):
+        super().__init__(seed=seed)
+        self.draws = iter([0.05, 0.1, 0.3, 0.6])
+
+    def sample_relative(self, study, trial, search_space):
+        return {"lr": next(self.draws)}
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return 0.05
 
 
 def test_when_every_draw_looks_risky_the_least_risky_is_kept():
-    # Everything diverged except the smallest learning rate: no draw is below 50% risk.
+    # Everything diverged except the smallest learning rate: nothing is below 50% risk.
     study = study_with([({"lr": 0.01 * 1.3**i}, i >= 1) for i in range(18)])
-    sampler = FeasibleSampler(Stubborn(seed=0), "diverged", seed=0)
-    study.ask()
-    params = sampler.sample_relative(study, study.trials[-1], {"lr": SPACE["lr"]})
-    assert sampler.screened == 2 * ATTEMPTS + RANDOM_ATTEMPTS  # every draw was risky
-    assert params["lr"] < 0.02  # the draw nearest the one stable trial
+    sampler = FeasibleSampler(Wandering(seed=0), "diverged", seed=0)
+    params = suggest(sampler, study)
+    assert sampler.screened == 2 * ATTEMPTS  # every draw was risky
+    model = RiskModel(study.trials[:-1], {"lr": SPACE["lr"]}, "diverged")
+    least = min([0.05, 0.1, 0.3, 0.6], key=lambda lr: model.risk({"lr": lr}))
+    assert params == {"lr": least}
