@@ -109,7 +109,7 @@ class FeasibleSampler(optuna.samplers.BaseSampler):
 
     Why the local fallback: at the edge of stability the best trials border the unstable
     region, and a base sampler that keeps proposing over the edge is telling the truth about
-    where the good trials are; a random safe point mostly lands in the dull region far from
+    where the good trials are; a random safe point often lands in the dull region far from
     them (in ``benchmarks/search.py``'s edge space, where gradients vanish), the safe point
     nearest the best stable trial keeps the search beside them.
 
