@@ -92,7 +92,7 @@ def grid_spec(seed: int, grid: tuple[int, int], tmp: Path):
 def landscape(seed: int, grid: tuple[int, int], cache: Path) -> Landscape:
     with tempfile.TemporaryDirectory() as tmp:
         spec = grid_spec(seed, grid, Path(tmp))
-        # The table depends on everything but where the sweep logged.
+        # The table depends on everything but where the sweep logged (a fresh folder each run).
         key = hashlib.sha1(json.dumps(spec.model_dump(exclude={"tracking", "storage"}),
                                       sort_keys=True, default=str).encode()).hexdigest()[:10]
         path = cache / f"landscape-{key}-seed{seed}.json"
@@ -114,24 +114,22 @@ def make_search(method: str, seed: int, trials: int) -> Any:
 def replay(method: str, seed: int, land: Landscape, trials: int, workers: int = 2) -> dict[str, Any]:
     """One sweep of ``trials`` trials, ``workers`` at a time, answered by ``land``."""
     search = make_search(method, seed, trials)
-    running: list[tuple[int, int, dict[str, Any]]] = []  # (finish step, number, result)
+    running: list[tuple[int, int, str, dict[str, Any]]] = []  # (finish step, number, outcome, result)
     outcomes: list[tuple[int, str, float | None]] = []
     now = started = 0
 
     def start() -> None:
         nonlocal started
-        config = search.suggest(str(started))
-        row = land.lookup(config)
+        row = land.lookup(search.suggest(str(started)))
         result = {k: v for k, v in row.items() if k not in ("init_scale", "lr", "outcome")}
         result["final"] = int(row["outcome"] == "completed")
-        heapq.heappush(running, (now + int(row.get("step") or STEPS), started, result | {"outcome": row["outcome"]}))
+        heapq.heappush(running, (now + int(row.get("step") or STEPS), started, row["outcome"], result))
         started += 1
 
     for _ in range(min(workers, trials)):
         start()
     while running:
-        now, number, result = heapq.heappop(running)
-        outcome = result.pop("outcome")
+        now, number, outcome, result = heapq.heappop(running)
         search.on_trial_complete(str(number), result=result)
         outcomes.append((number, outcome, result.get("val_accuracy")))
         if started < trials:

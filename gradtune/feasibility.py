@@ -94,9 +94,12 @@ class RiskModel:
                 self.model = GaussianProcessClassifier(kernel, random_state=0).fit(x, y)
 
     def risk(self, params: dict[str, Any]) -> float | None:
-        if self.model is None:
-            return None
-        return float(self.model.predict_proba([encode(params, self.space)])[0, 1])
+        return None if self.model is None else float(self.risks([params])[0])
+
+    def risks(self, candidates: Sequence[dict[str, Any]]) -> np.ndarray:
+        """The risk of each candidate, in one prediction; needs a fitted model."""
+        assert self.model is not None, "risks() before both outcomes were seen"
+        return self.model.predict_proba([encode(c, self.space) for c in candidates])[:, 1]
 
 
 class FeasibleSampler(optuna.samplers.BaseSampler):
@@ -142,7 +145,7 @@ class FeasibleSampler(optuna.samplers.BaseSampler):
             if risk is None or risk < MAX_RISK:
                 return self._keep(trial, params, risk, len(risky), "base sampler")
             risky.append((risk, params))
-        local = self._near_best(study, trial, search_space, model)
+        local = self._near_best(study, trial, search_space, model, finished)
         if local is not None:
             return self._keep(trial, local[1], local[0], len(risky), "nearest the best stable trial")
         # Nothing looks safe: keep the least risky (the classifier may be wrong, and the
@@ -174,32 +177,31 @@ class FeasibleSampler(optuna.samplers.BaseSampler):
 
     def _near_best(
         self, study: optuna.Study, trial: FrozenTrial, space: dict[str, BaseDistribution],
-        model: RiskModel,
+        model: RiskModel, finished: Sequence[FrozenTrial],
     ) -> tuple[float, dict[str, Any]] | None:
         """(risk, params) of the random candidate predicted safe that lies nearest the best
-        stable trial; None in a multi-objective study, without a stable trial with a finite
-        value, or when no candidate looks safe."""
+        stable trial of ``finished``; None in a multi-objective study, without a stable
+        completed trial with a finite value, or when no candidate looks safe. Called only
+        once ``model`` is fitted (else the first draw would have run)."""
         if len(study.directions) > 1:
             return None
         sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
-        stable = [(sign * t.value, t.number, t.params)
-                  for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                  if t.constraints.get(self.constraint, 0.0) <= 0
+        stable = [(sign * t.value, t.number, t.params) for t in finished
+                  if t.state == TrialState.COMPLETE
+                  and t.constraints.get(self.constraint, 0.0) <= 0
                   and t.value is not None and math.isfinite(t.value)]
         if not stable:
             return None
         best = np.asarray(encode(min(stable)[2], space))  # the earliest of equal bests
-        found: tuple[float, float, dict[str, Any]] | None = None
-        for _ in range(LOCAL_CANDIDATES):
-            params = {name: self.random.sample_independent(study, trial, name, dist)
-                      for name, dist in space.items()}
-            risk = model.risk(params)
-            if risk is None or risk >= MAX_RISK:
-                continue
-            distance = float(np.linalg.norm(np.array(encode(params, space)) - best))
-            if found is None or distance < found[0]:
-                found = (distance, risk, params)
-        return None if found is None else (found[1], found[2])
+        candidates = [{name: self.random.sample_independent(study, trial, name, dist)
+                       for name, dist in space.items()} for _ in range(LOCAL_CANDIDATES)]
+        risks = model.risks(candidates)
+        safe = [i for i in range(len(candidates)) if risks[i] < MAX_RISK]
+        if not safe:
+            return None
+        distance = [float(np.linalg.norm(np.asarray(encode(candidates[i], space)) - best)) for i in safe]
+        i = safe[int(np.argmin(distance))]  # the first of equal distances, as drawn
+        return float(risks[i]), candidates[i]
 
     def sample_independent(
         self, study: optuna.Study, trial: FrozenTrial, param_name: str,
