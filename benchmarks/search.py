@@ -38,6 +38,7 @@ import ray
 from ray.tune.search.optuna import OptunaSearch
 
 from gradtune import sweep
+from gradtune.outcome import Outcome
 from gradtune.search_space import define_by_run
 from gradtune.spec import SweepSpec, load
 
@@ -96,13 +97,13 @@ def plain_optuna(spec: SweepSpec) -> OptunaSearch:
 def one_sweep(method: str, seed: int, trials: int, steps: int, tmp: Path, space: str) -> dict[str, Any]:
     spec = make_spec(method, seed, trials, steps, tmp, space)
     result = sweep.run(spec, search=plain_optuna(spec) if method == "optuna_plain" else None, verbose=0)
-    # Trials start in the order the searcher suggested them.
-    ordered = sorted(result.trials.values(), key=lambda t: t["number"])
+    # Trials are numbered in the order the searcher suggested them.
+    ordered = result.trials
     second = ordered[len(ordered) // 2:]
-    accs = [t["result"].get("val_accuracy", 0.0) for t in ordered if t["outcome"] == "completed"]
+    accs = [t.result.get("val_accuracy", 0.0) for t in ordered if t.outcome is Outcome.COMPLETED]
     return {
-        "second_half_diverged": sum(t["outcome"] == "diverged" for t in second) / len(second),
-        "diverged": sum(t["outcome"] == "diverged" for t in ordered),
+        "second_half_diverged": sum(t.outcome is Outcome.DIVERGED for t in second) / len(second),
+        "diverged": sum(t.outcome is Outcome.DIVERGED for t in ordered),
         "best_val_accuracy": max(accs, default=0.0),
         "trials": len(ordered),
     }

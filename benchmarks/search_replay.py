@@ -99,8 +99,10 @@ def landscape(seed: int, grid: tuple[int, int], cache: Path) -> Landscape:
         if not path.exists():
             print(f"measuring landscape {seed}: {grid[0] * grid[1]} configurations ...", flush=True)
             result = sweep.run(spec, verbose=0)
-            rows = [{"init_scale": t["params"]["init_scale"], "lr": t["params"]["lr"],
-                     "outcome": t["outcome"], **t["result"]} for t in result.trials.values()]
+            # A verdict reached on the driver is in the record, not in the trial's result.
+            rows = [{**t.result, **(t.verdict.keys() if t.verdict else {}),
+                     "init_scale": t.params["init_scale"], "lr": t.params["lr"],
+                     "outcome": t.outcome.value} for t in result.trials]
             cache.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(rows))
     return Landscape(json.loads(path.read_text()))

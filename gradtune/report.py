@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
+from gradtune.outcome import Outcome
 from gradtune.sweep import SweepResult
 
 
@@ -17,16 +18,15 @@ def summary(result: SweepResult) -> str:
     that opens the MLflow UI on the store the sweep wrote."""
     spec = result.spec
     counts = result.counts()
+    trials = result.trials
     lines = [
         "",
-        f"gradtune sweep '{spec.name}': {len(result.trials)} trials in {result.seconds:.0f}s",
+        f"gradtune sweep '{spec.name}': {len(trials)} trials in {result.seconds:.0f}s",
         "  " + "  ".join(f"{name}: {n}" for name, n in counts.items()),
     ]
-    diverged = [t for t in result.trials.values() if t["outcome"] == "diverged"]
-    for t in diverged[:5]:
-        r = t["result"]
-        lines.append(f"    diverged at step {r.get('divergence_step', r.get('step'))}: "
-                     f"{r.get('divergence_reason', '')}")
+    diverged = [t.verdict for t in trials if t.outcome is Outcome.DIVERGED and t.verdict]
+    for verdict in diverged[:5]:
+        lines.append(f"    diverged at step {verdict.step}: {verdict.reason}")
     if len(diverged) > 5:
         lines.append(f"    ... and {len(diverged) - 5} more (tag gradtune.outcome=diverged)")
     best = result.best()
@@ -34,12 +34,12 @@ def summary(result: SweepResult) -> str:
     if best is None:
         lines.append(f"  no trial completed with a finite {metric}")
     else:
-        r = best["result"]
+        r = best.result
         shown = {k: r[k] for k in ("val_loss", "val_accuracy", "train_loss") if k in r}
         lines.append(f"  best trial ({metric} {spec.search.mode}): "
                      + ", ".join(f"{k}={_fmt(v)}" for k, v in shown.items()))
-        lines.append("    " + ", ".join(f"{k}={_fmt(v)}" for k, v in best["params"].items()))
-        lines.append(f"    MLflow run {best['run_id']}")
+        lines.append("    " + ", ".join(f"{k}={_fmt(v)}" for k, v in best.params.items()))
+        lines.append(f"    MLflow run {result.runs.get(best.trial_id)}")
     uri = result.tracking_uri
     ui = uri if uri.startswith(("http://", "https://")) else (
         f"python -m gradtune ui --tracking-uri {shlex.quote(uri)}")

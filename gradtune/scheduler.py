@@ -3,7 +3,10 @@ an optional performance pruner (ASHA or the median stopping rule).
 
 Divergence decisions are pure functions in :mod:`gradtune.signals`; this wrapper only keeps
 per-trial state and translates verdicts into Tune decisions, so a Ray upgrade touches one
-file. All state is plain dicts of floats and strings, so Tune can pickle it on checkpoint.
+file. Every verdict, the trial's own or the driver's, goes into the sweep's
+:class:`~gradtune.outcome.Ledger`, where the searcher and tracking read it (Tune shows each
+result to the scheduler first). All state is plain dicts of floats and strings, so Tune can
+pickle it on checkpoint.
 
 NaN and inf: a result whose objective or gradient norm is not finite is a divergence verdict
 here (``STOP``), so no performance pruner ever compares a NaN (where ``nan < cutoff`` is
@@ -17,7 +20,6 @@ import math
 from collections import defaultdict
 from typing import Any
 
-from ray.tune import Callback
 from ray.tune.schedulers import (
     AsyncHyperBandScheduler,
     FIFOScheduler,
@@ -25,7 +27,8 @@ from ray.tune.schedulers import (
     TrialScheduler,
 )
 
-from gradtune import signals
+from gradtune import outcome, signals
+from gradtune.outcome import Verdict
 from gradtune.spec import SweepSpec
 
 log = logging.getLogger(__name__)
@@ -52,12 +55,16 @@ class DivergenceScheduler(TrialScheduler):
     """Stops a trial that reported divergence, or whose gradient norm is an outlier against
     the other trials at the same step; otherwise defers to ``inner``.
 
-    ``verdicts`` (trial id -> reason, step) and ``pruned`` (trial ids stopped by ``inner``)
-    say why each stopped trial stopped.
+    Verdicts go into ``ledger`` (the sweep's, shared with the searcher and tracking);
+    ``pruned`` holds the trial ids that ``inner`` stopped.
     """
 
-    def __init__(self, spec: SweepSpec, inner: TrialScheduler | None = None) -> None:
+    def __init__(
+        self, spec: SweepSpec, inner: TrialScheduler | None = None,
+        ledger: outcome.Ledger | None = None,
+    ) -> None:
         super().__init__()
+        self.ledger = ledger if ledger is not None else outcome.Ledger()
         self.cfg = spec.divergence
         self.metric_name = spec.search.metric
         self.mode = spec.search.mode
@@ -65,7 +72,6 @@ class DivergenceScheduler(TrialScheduler):
         # step -> trial id -> grad_norm at that step
         self.norms: dict[int, dict[str, float]] = defaultdict(dict)
         self.last_norm: dict[str, float] = {}  # trial id -> grad_norm of its last report
-        self.verdicts: dict[str, dict[str, Any]] = {}
         self.pruned: set[str] = set()
 
     @property
@@ -76,12 +82,12 @@ class DivergenceScheduler(TrialScheduler):
         # The inner pruner is built with the spec's objective; Tune may only confirm it.
         return metric in (None, self.metric_name) and mode in (None, self.mode)
 
-    def decide(self, trial_id: str, result: dict[str, Any]) -> signals.Verdict | None:
+    def decide(self, trial_id: str, result: dict[str, Any]) -> Verdict | None:
         """The divergence verdict for one result (pure bookkeeping, no Ray needed)."""
-        step = int(result.get("step", 0))
-        if result.get("diverged"):
-            return signals.Verdict(True, str(result.get("divergence_reason", "diverged")),
-                                   int(result.get("divergence_step", step)))
+        reported = outcome.reported_verdict(result)
+        if reported is not None:
+            return reported
+        step = int(result.get(outcome.STEP, 0))
         norm = float(result.get("grad_norm", math.nan))
         objective = result.get(self.metric_name)
         values = {"grad_norm": norm}
@@ -100,10 +106,12 @@ class DivergenceScheduler(TrialScheduler):
             )
         return None
 
-    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
+        if self.ledger.verdict(trial.trial_id) is not None:
+            return TrialScheduler.STOP  # a late result of a trial already judged
         verdict = self.decide(trial.trial_id, result)
         if verdict is not None:
-            self.verdicts[trial.trial_id] = {"reason": verdict.reason, "step": verdict.step}
+            self.ledger.judge(trial.trial_id, verdict)
             # The inner pruner must forget the trial, or ASHA keeps a rung slot for it.
             self.inner.on_trial_remove(tune_controller, trial)
             return TrialScheduler.STOP
@@ -113,36 +121,22 @@ class DivergenceScheduler(TrialScheduler):
         return decision
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        self.ledger.number(trial.trial_id)  # trials are added in suggestion order
         self.inner.on_trial_add(tune_controller, trial)
 
     def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
         self.inner.on_trial_error(tune_controller, trial)
 
-    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
-        if trial.trial_id not in self.verdicts:
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> None:
+        if self.ledger.verdict(trial.trial_id) is None:
             self.inner.on_trial_complete(tune_controller, trial, result)
 
     def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
-        if trial.trial_id not in self.verdicts:  # already removed from inner at the verdict
+        if self.ledger.verdict(trial.trial_id) is None:  # already removed from inner at the verdict
             self.inner.on_trial_remove(tune_controller, trial)
 
     def choose_trial_to_run(self, tune_controller: Any) -> Any:
         return self.inner.choose_trial_to_run(tune_controller)
 
     def debug_string(self) -> str:
-        return f"DivergenceScheduler: {len(self.verdicts)} diverged, {len(self.pruned)} pruned"
-
-
-class VerdictCallback(Callback):
-    """Writes the scheduler's verdict into the trial's result, in place (Tune allows
-    callbacks to do so), so the searcher, the tracking callback and the result grid all
-    see ``diverged=1`` with its reason. Must come before the tracking callback."""
-
-    def __init__(self, scheduler: DivergenceScheduler) -> None:
-        self.scheduler = scheduler
-
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        verdict = self.scheduler.verdicts.get(trial.trial_id)
-        if verdict is not None and not result.get("diverged"):
-            result.update(diverged=1, divergence_reason=verdict["reason"],
-                          divergence_step=verdict["step"])
+        return f"DivergenceScheduler: {len(self.ledger.verdicts)} diverged, {len(self.pruned)} pruned"

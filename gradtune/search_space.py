@@ -1,5 +1,5 @@
-"""From the spec's ``search.space`` to what Optuna samples, and from a sample to the full
-set of hyperparameters a trial trains with.
+"""From the spec's ``search.space`` to what Optuna samples: a define-by-run function, or the
+points of a grid. (A sample's full set of hyperparameters is :func:`gradtune.params.trial_params`.)
 
 The space is define-by-run: ``clip_threshold`` is only sampled when the sampled
 ``clip_method`` clips (it has no meaning for ``none``), so Optuna never learns from a
@@ -9,18 +9,13 @@ threshold that did nothing.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from gradtune.spec import PARAMS, Range, SweepSpec
+from gradtune.params import PARAMS, applies
+from gradtune.spec import Range
 
 if TYPE_CHECKING:
     import optuna
-
-# Parameters that only mean something when another one has a certain value.
-CONDITIONS: dict[str, Callable[[dict[str, Any]], bool]] = {
-    "clip_threshold": lambda params: params.get("clip_method", "none") != "none",
-}
 
 
 class DefineByRun:
@@ -39,7 +34,7 @@ class DefineByRun:
         fixed: dict[str, Any] = {}
         chosen: dict[str, Any] = {}
         for name in _ordered(self.space):
-            if name in CONDITIONS and not CONDITIONS[name]({**fixed, **chosen}):
+            if not applies(name, {**fixed, **chosen}):
                 continue
             dim = self.space[name]
             if isinstance(dim, Range):
@@ -71,7 +66,7 @@ def grid_points(space: dict[str, Any]) -> list[dict[str, Any]]:
     for combo in itertools.product(*choices):
         point: dict[str, Any] = {}
         for name, value in zip(names, combo):
-            if name in CONDITIONS and not CONDITIONS[name](point):
+            if not applies(name, point):
                 continue
             point[name] = value
         key = tuple(sorted(point.items()))
@@ -83,27 +78,4 @@ def grid_points(space: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _ordered(space: dict[str, Any]) -> list[str]:
     # Conditions read earlier parameters, so conditional ones go last.
-    return sorted(space, key=lambda name: name in CONDITIONS)
-
-
-def trial_params(spec: SweepSpec, config: dict[str, Any]) -> dict[str, Any]:
-    """Every hyperparameter a trial trains with: the sampled ``config`` over the spec's
-    training values and the defaults. These are the MLflow params of the child run."""
-    opt = spec.training.optimizer
-    params: dict[str, Any] = {
-        "clip_method": "none",
-        "init_scale": 1.0,
-        "norm": "none",
-        "batch_size": 64,
-        "optimizer": opt.name,
-        "lr": opt.lr,
-        "momentum": opt.momentum,
-        "weight_decay": opt.weight_decay,
-        "warmup_steps": spec.training.warmup_steps,
-    }
-    params.update(config)
-    if params["clip_method"] == "none":
-        params.pop("clip_threshold", None)
-    else:
-        params.setdefault("clip_threshold", 1.0)
-    return params
+    return sorted(space, key=lambda name: PARAMS[name].applies is not None)

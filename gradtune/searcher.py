@@ -33,6 +33,7 @@ from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 from gradtune.feasibility import FeasibleSampler
+from gradtune.outcome import Ledger, Outcome
 from gradtune.search_space import define_by_run, grid_points
 from gradtune.spec import SweepSpec
 
@@ -42,19 +43,17 @@ log = logging.getLogger(__name__)
 CONSTRAINT = "diverged"
 
 
-def is_diverged(result: dict[str, Any] | None) -> bool:
-    return bool(result) and bool(result.get("diverged"))  # type: ignore[union-attr]
-
-
 class DivergenceAwareSearch(OptunaSearch):
     """``OptunaSearch`` that tells Optuna about divergence (see the module docstring).
 
-    A verdict reached on the driver (the scheduler's cross-trial rule) reaches this class
-    through the trial's last result, which ``scheduler.VerdictCallback`` marks ``diverged``.
+    The outcome of a trial comes from ``ledger`` (the sweep's, where the scheduler records
+    verdicts reached on the driver), or from the trial's last result when no one recorded
+    a verdict (a driver without gradtune's scheduler, as in the replay benchmark).
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, ledger: Ledger | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.ledger = ledger if ledger is not None else Ledger()
         self._worst: float | None = None
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
@@ -71,20 +70,22 @@ class DivergenceAwareSearch(OptunaSearch):
         study = cast(optuna.Study, self._ot_study)  # set up by OptunaSearch once a space exists
         raw = (result or {}).get(self._metric)  # type: ignore[arg-type]
         value = float(raw) if isinstance(raw, (int, float)) else math.nan
-        if error:
+        ended = self.ledger.outcome(trial_id, result, errored=error)
+        if ended is Outcome.FAILED:
             study.tell(ot_trial, state=TrialState.FAIL)
-        elif is_diverged(result):
+        elif ended is Outcome.DIVERGED:
             ot_trial.set_constraint(CONSTRAINT, 1.0)
             fallback = value if math.isfinite(value) else self._sentinel()
             study.tell(ot_trial, self._worst if self._worst is not None else fallback,
                        state=TrialState.COMPLETE)
-        elif math.isfinite(value) and (result or {}).get("final"):
+        elif ended is Outcome.COMPLETED and math.isfinite(value):
             ot_trial.set_constraint(CONSTRAINT, -1.0)
             study.tell(ot_trial, value, state=TrialState.COMPLETE)
             self._note_worst(value)
         else:
-            # Stopped early for performance: Optuna's PRUNED, ranked by its last intermediate
-            # value (reported in on_trial_result).
+            # Stopped early for performance (or a final objective that is not finite, which
+            # the scheduler stops as diverged first): Optuna's PRUNED, ranked by its last
+            # intermediate value (reported in on_trial_result).
             ot_trial.set_constraint(CONSTRAINT, -1.0)
             study.tell(ot_trial, state=TrialState.PRUNED)
         self._completed_trials.add(trial_id)
@@ -121,8 +122,9 @@ def screened_tpe(seed: int, trials: int) -> FeasibleSampler:
     return FeasibleSampler(tpe(seed, trials), CONSTRAINT, seed)
 
 
-def make(spec: SweepSpec) -> tuple[DivergenceAwareSearch, int]:
-    """The searcher for ``spec`` and the number of trials to run."""
+def make(spec: SweepSpec, ledger: Ledger | None = None) -> tuple[DivergenceAwareSearch, int]:
+    """The searcher for ``spec`` (reading outcomes from ``ledger``) and the number of
+    trials to run."""
     seed = spec.search_seed
     space = spec.search.space
     points: list[dict[str, Any]] | None = None
@@ -141,5 +143,6 @@ def make(spec: SweepSpec) -> tuple[DivergenceAwareSearch, int]:
         mode=spec.search.mode,
         sampler=sampler,
         points_to_evaluate=points,
+        ledger=ledger,
     )
     return search, trials

@@ -18,16 +18,10 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 from statistics import median
 from typing import Any
 
-
-@dataclass(frozen=True)
-class Verdict:
-    diverged: bool
-    reason: str
-    step: int
+from gradtune.outcome import Verdict
 
 
 def _finite(values: Sequence[float]) -> bool:
@@ -38,7 +32,7 @@ def nonfinite(step: int, **values: float) -> Verdict | None:
     """Fires on the first NaN or +-inf among ``values`` (e.g. ``loss=..., grad_norm=...``)."""
     for name, value in values.items():
         if not math.isfinite(value):
-            return Verdict(True, f"{name} is {value}", step)
+            return Verdict(f"{name} is {value}", step)
     return None
 
 
@@ -69,7 +63,7 @@ def grad_growth(step: int, norms: Sequence[float], factor: float) -> Verdict | N
     growth = math.exp(min(slope * (len(norms) - 1), 700.0))
     rising = sum(b > a for a, b in zip(norms, norms[1:])) / (len(norms) - 1)
     if growth >= factor and rising >= 0.7:
-        return Verdict(True, f"grad_norm grew {growth:.1e}x in {len(norms)} steps", step)
+        return Verdict(f"grad_norm grew {growth:.1e}x in {len(norms)} steps", step)
     return None
 
 
@@ -80,7 +74,7 @@ def grad_ceiling(step: int, norm: float, baseline: float, factor: float) -> Verd
     if not (math.isfinite(baseline) and baseline > 0) or math.isnan(norm):
         return None
     if norm > factor * baseline:
-        return Verdict(True, f"grad_norm {norm:.3g} is {norm / baseline:.1e}x its early median", step)
+        return Verdict(f"grad_norm {norm:.3g} is {norm / baseline:.1e}x its early median", step)
     return None
 
 
@@ -115,7 +109,6 @@ def loss_blowup(
         return None
     trend = "is not falling" if slope >= 0 else f"needs ~{needed:.0f} more steps to fall back"
     return Verdict(
-        True,
         f"loss stayed above {low:.3g} ({low / reference:.1e}x chance) for {len(losses)} steps, "
         f"{trend}, and the updates move the weights {movement:.2g}x their norm in the "
         f"{steps_left} steps left",
@@ -132,7 +125,7 @@ def loss_vs_best(step: int, losses: Sequence[float], best: float, reference: flo
         return None
     low = min(losses)
     if low > factor * best and (not math.isfinite(reference) or low > reference):
-        return Verdict(True, f"loss rose to {low:.3g}, {low / best:.1e}x its best {best:.3g}", step)
+        return Verdict(f"loss rose to {low:.3g}, {low / best:.1e}x its best {best:.3g}", step)
     return None
 
 
@@ -144,7 +137,7 @@ def update_ratio(step: int, ratio: float, limit: float) -> Verdict | None:
     weights) never fires; +inf does."""
     if math.isnan(ratio) or ratio <= limit:
         return None
-    return Verdict(True, f"one update moved the weights {ratio:.3g}x their norm", step)
+    return Verdict(f"one update moved the weights {ratio:.3g}x their norm", step)
 
 
 class Monitor:
@@ -219,7 +212,5 @@ def cohort_outlier(
         return None
     mid = median(finite)
     if mid > 0 and value > factor * mid:
-        return Verdict(
-            True, f"grad_norm {value:.3g} is {value / mid:.1e}x the cohort median at step {step}", step
-        )
+        return Verdict(f"grad_norm {value:.3g} is {value / mid:.1e}x the cohort median at step {step}", step)
     return None

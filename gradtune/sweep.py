@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -12,6 +11,7 @@ from typing import Any
 from gradtune import scheduler as sched
 from gradtune import searcher, tracking, trial
 from gradtune.errors import GradtuneError
+from gradtune.outcome import Ledger, TrialRecord
 from gradtune.spec import SweepSpec
 
 log = logging.getLogger(__name__)
@@ -19,35 +19,29 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SweepResult:
-    """What a sweep produced: outcomes per trial (as logged to MLflow) and where it is."""
+    """What a sweep produced: the ledger of outcomes (as logged to MLflow), the MLflow run
+    of each trial (``runs``: trial id -> run id) and where it all is."""
 
     spec: SweepSpec
     tracking_uri: str
     experiment: str
     parent_run_id: str
     storage: str
-    trials: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ledger: Ledger = field(default_factory=Ledger)
+    runs: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
 
-    def counts(self) -> dict[str, int]:
-        counts = {o: 0 for o in tracking.OUTCOMES}
-        for entry in self.trials.values():
-            counts[entry["outcome"]] += 1
-        return counts
+    @property
+    def trials(self) -> list[TrialRecord]:
+        """Every ended trial, in number (suggestion) order."""
+        return self.ledger.ordered()
 
-    def best(self) -> dict[str, Any] | None:
+    def counts(self) -> dict[str, int]:
+        return self.ledger.counts()
+
+    def best(self) -> TrialRecord | None:
         """The completed trial with the best finite objective, or ``None``."""
-        metric, mode = self.spec.search.metric, self.spec.search.mode
-        done = [
-            t for t in self.trials.values()
-            if t["outcome"] == "completed"
-            and isinstance(t["result"].get(metric), (int, float))
-            and math.isfinite(t["result"][metric])
-        ]
-        if not done:
-            return None
-        pick = min if mode == "min" else max
-        return pick(done, key=lambda t: t["result"][metric])
+        return self.ledger.best(self.spec.search.metric, self.spec.search.mode)
 
 
 def run(spec: SweepSpec, address: str | None = None, search: Any = None, verbose: int = 1) -> SweepResult:
@@ -63,7 +57,8 @@ def run(spec: SweepSpec, address: str | None = None, search: Any = None, verbose
 
     started = time.monotonic()
     uri = tracking.resolve_uri(spec.tracking.uri)
-    tracker = tracking.MLflowTracking(spec, uri, spec.experiment)
+    ledger = Ledger()  # what happened to each trial: the scheduler writes, the others read
+    tracker = tracking.MLflowTracking(spec, uri, spec.experiment, ledger)
     try:
         parent = tracker.start()
     except Exception as exc:  # a bad URI or an unreachable server: say so in one line
@@ -75,8 +70,8 @@ def run(spec: SweepSpec, address: str | None = None, search: Any = None, verbose
         if own_ray:
             _init_ray(address)
         _check_resources(spec, ray.nodes())
-        scheduler = sched.DivergenceScheduler(spec)
-        own_search, num_trials = searcher.make(spec)
+        scheduler = sched.DivergenceScheduler(spec, ledger=ledger)
+        own_search, num_trials = searcher.make(spec, ledger)
         search = own_search if search is None else search
         trainable = tune.with_resources(
             tune.with_parameters(trial.trainable, spec_data=spec.model_dump(mode="json")),
@@ -97,7 +92,7 @@ def run(spec: SweepSpec, address: str | None = None, search: Any = None, verbose
             run_config=tune.RunConfig(
                 name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
                 storage_path=storage,
-                callbacks=[sched.VerdictCallback(scheduler), tracker],
+                callbacks=[tracker],
                 failure_config=tune.FailureConfig(max_failures=0),
                 verbose=verbose,
             ),
@@ -110,7 +105,7 @@ def run(spec: SweepSpec, address: str | None = None, search: Any = None, verbose
             ray.shutdown()
     return SweepResult(
         spec=spec, tracking_uri=uri, experiment=spec.experiment, parent_run_id=parent,
-        storage=storage or "~/ray_results", trials=tracker.summary,
+        storage=storage or "~/ray_results", ledger=ledger, runs=tracker.runs,
         seconds=time.monotonic() - started,
     )
 

@@ -1,5 +1,6 @@
 """MLflow logging from the Ray Tune driver: a parent run per sweep, a nested child run per
-trial, metrics against the training step, batched.
+trial, metrics against the training step, batched. MLflow I/O only: what happened to a
+trial is :mod:`gradtune.outcome`'s (the sweep's ledger), written here as tags and status.
 
 Only the driver talks to MLflow (this is a Tune ``Callback``), so workers need no tracking
 credentials or network access to the server.
@@ -21,15 +22,14 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
+from gradtune import outcome
 from gradtune import spec as spec_mod
-from gradtune.search_space import trial_params
+from gradtune.outcome import Ledger, Outcome, TrialRecord
+from gradtune.params import trial_params
 from gradtune.spec import SweepSpec
 
 log = logging.getLogger(__name__)
 
-OUTCOMES = ("completed", "diverged", "pruned", "failed")
-# Keys a trial reports that are not metrics (or not per-step metrics).
-NOT_METRICS = {"step", "final", "divergence_step", "node_id", "trial_id", "done"}
 BATCH = 1000  # MLflow's per-request limit for metrics
 FLUSH_SECONDS = 5.0
 
@@ -48,26 +48,15 @@ def run_name(params: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def outcome_of(result: dict[str, Any] | None, errored: bool = False) -> str:
-    """``failed`` on error; ``diverged`` if the last result says so; ``completed`` if the
-    trial reached its final step; else ``pruned`` (stopped early by the scheduler)."""
-    if errored:
-        return "failed"
-    result = result or {}
-    if result.get("diverged"):
-        return "diverged"
-    if result.get("final"):
-        return "completed"
-    return "pruned"
-
-
 def metrics_of(result: dict[str, Any], timestamp_ms: int) -> list[Metric]:
-    step = int(result.get("step", result.get("training_iteration", 0)))
+    """The numeric values of ``result`` as MLflow metrics at its training step; NaN and inf
+    as they are. Tune's own bookkeeping keys and :data:`outcome.NOT_METRICS` are left out."""
+    step = int(result.get(outcome.STEP, result.get("training_iteration", 0)))
     out = []
     for key, value in result.items():
-        if key in NOT_METRICS or isinstance(value, bool) or not isinstance(value, (int, float)):
+        if key in outcome.NOT_METRICS or key in TUNE_KEYS:
             continue
-        if key in TUNE_KEYS:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
         out.append(Metric(key, float(value), timestamp_ms, step))
     return out
@@ -80,12 +69,18 @@ TUNE_KEYS = {
 }
 
 
-class MLflowTracking(Callback):
-    """Tune callback writing the sweep to MLflow. ``summary`` fills up as trials end:
-    trial id -> {outcome, params, last result}."""
+# The MLflow status of a child run for each outcome.
+RUN_STATUS = {Outcome.COMPLETED: "FINISHED", Outcome.DIVERGED: "FINISHED",
+              Outcome.PRUNED: "KILLED", Outcome.FAILED: "FAILED"}
 
-    def __init__(self, spec: SweepSpec, tracking_uri: str, experiment: str) -> None:
+
+class MLflowTracking(Callback):
+    """Tune callback writing the sweep to MLflow: a child run per trial, ended with the
+    outcome the sweep's ``ledger`` gives; ``runs`` maps trial id -> MLflow run id."""
+
+    def __init__(self, spec: SweepSpec, tracking_uri: str, experiment: str, ledger: Ledger) -> None:
         self.spec = spec
+        self.ledger = ledger
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.client: MlflowClient | None = None
@@ -94,7 +89,7 @@ class MLflowTracking(Callback):
         self.runs: dict[str, str] = {}
         self.buffers: dict[str, list[Metric]] = {}
         self.last_flush: dict[str, float] = {}
-        self.summary: dict[str, dict[str, Any]] = {}
+        self.ended: set[str] = set()  # trial ids whose run is terminated
 
     # ----------------------------------------------------------------- sweep level
     def start(self) -> str:
@@ -122,12 +117,12 @@ class MLflowTracking(Callback):
     def finish(self, status: str = "FINISHED") -> None:
         if self.client is None or self.parent_id is None:
             return
-        counts = {o: 0 for o in OUTCOMES}
-        for entry in self.summary.values():
-            counts[entry["outcome"]] += 1
+        counts = self.ledger.counts()
         metrics = [Metric(f"trials_{o}", float(n), _now(), 0) for o, n in counts.items()]
         self.client.log_batch(self.parent_id, metrics=metrics)
-        self.client.log_text(self.parent_id, json.dumps(self.summary, indent=2, default=str), "summary.json")
+        summary = self.ledger.summary(self.spec.search.metric, self.spec.search.mode, self.runs)
+        # allow_nan=False: the summary is strict JSON (outcome.strict_json made NaN null).
+        self.client.log_text(self.parent_id, json.dumps(summary, indent=2, allow_nan=False), "summary.json")
         self.client.set_terminated(self.parent_id, status=status)
 
     # ----------------------------------------------------------------- trial level
@@ -154,8 +149,8 @@ class MLflowTracking(Callback):
         run_id = self.runs.get(trial.trial_id)
         if run_id is None or self.client is None:
             return
-        if result.get("training_iteration") == 1 and result.get("node_id"):
-            self.client.set_tag(run_id, "gradtune.node_id", result["node_id"])
+        if result.get("training_iteration") == 1 and result.get(outcome.NODE_ID):
+            self.client.set_tag(run_id, "gradtune.node_id", result[outcome.NODE_ID])
         buf = self.buffers[trial.trial_id]
         buf.extend(metrics_of(result, _now()))
         if len(buf) >= BATCH or time.monotonic() - self.last_flush[trial.trial_id] > FLUSH_SECONDS:
@@ -169,27 +164,14 @@ class MLflowTracking(Callback):
 
     def _end(self, trial: Any, errored: bool) -> None:
         run_id = self.runs.get(trial.trial_id)
-        if run_id is None or self.client is None or trial.trial_id in self.summary:
+        if run_id is None or self.client is None or trial.trial_id in self.ended:
             return
+        self.ended.add(trial.trial_id)
         self._flush(trial.trial_id)
-        result = trial.last_result or {}
-        outcome = outcome_of(result, errored)
-        tags = [RunTag("gradtune.outcome", outcome)]
-        if outcome == "diverged":
-            tags.append(RunTag("gradtune.divergence_reason", str(result.get("divergence_reason", ""))))
-            tags.append(RunTag("gradtune.divergence_step", str(result.get("divergence_step", result.get("step", "")))))
-        if result.get("node_id"):
-            tags.append(RunTag("gradtune.node_id", str(result["node_id"])))
-        self.client.log_batch(run_id, tags=tags)
-        status = {"failed": "FAILED", "pruned": "KILLED"}.get(outcome, "FINISHED")
-        self.client.set_terminated(run_id, status=status)
-        self.summary[trial.trial_id] = {
-            "number": list(self.runs).index(trial.trial_id),  # start order (suggestion order)
-            "outcome": outcome,
-            "run_id": run_id,
-            "params": trial_params(self.spec, trial.config),
-            "result": {k: v for k, v in result.items() if k in REPORTED},
-        }
+        record = self.ledger.end(trial.trial_id, trial_params(self.spec, trial.config),
+                                 trial.last_result, errored)
+        self.client.log_batch(run_id, tags=end_tags(record))
+        self.client.set_terminated(run_id, status=RUN_STATUS[record.outcome])
 
     def _flush(self, trial_id: str) -> None:
         buf = self.buffers.get(trial_id)
@@ -202,10 +184,16 @@ class MLflowTracking(Callback):
         self.last_flush[trial_id] = time.monotonic()
 
 
-REPORTED = {
-    "step", "train_loss", "grad_norm", "grad_norm_max", "clip_fraction", "val_loss",
-    "val_accuracy", "diverged", "divergence_reason", "divergence_step", "final", "node_id",
-}
+def end_tags(record: TrialRecord) -> list[RunTag]:
+    """``gradtune.outcome``, the divergence reason and step, and the node it ran on."""
+    tags = [RunTag("gradtune.outcome", record.outcome.value)]
+    if record.verdict is not None:
+        tags.append(RunTag("gradtune.divergence_reason", record.verdict.reason))
+        tags.append(RunTag("gradtune.divergence_step", str(record.verdict.step)))
+    node = record.result.get(outcome.NODE_ID)
+    if node:
+        tags.append(RunTag("gradtune.node_id", str(node)))
+    return tags
 
 
 def redact(uri: str) -> str:

@@ -24,9 +24,10 @@ from typing import Any, Protocol
 
 import torch
 
-from gradtune import clipping, signals, telemetry, workloads
+from gradtune import clipping, outcome, signals, telemetry, workloads
+from gradtune.outcome import Verdict
+from gradtune.params import OPTIMIZERS, trial_params
 from gradtune.precision import Precision
-from gradtune.search_space import trial_params
 from gradtune.spec import SweepSpec
 
 log = logging.getLogger(__name__)
@@ -42,15 +43,22 @@ def resolve_device(choice: str) -> torch.device:
     return torch.device("cpu")
 
 
+# One constructor per name of ``params.OPTIMIZERS`` (tests/test_trial.py checks the two agree).
+OPTIMIZER_CLASSES: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "sgd": torch.optim.SGD,
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+}
+
+
 def make_optimizer(model: torch.nn.Module, params: dict[str, Any]) -> torch.optim.Optimizer:
-    name, lr, wd = params["optimizer"], params["lr"], params["weight_decay"]
-    if name == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=lr, momentum=params["momentum"], weight_decay=wd)
-    if name == "adam":
-        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=wd)
-    if name == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
-    raise ValueError(f"unknown optimizer {name!r}")
+    """The optimizer named by ``params["optimizer"]`` (one of :data:`params.OPTIMIZERS`)."""
+    name = params["optimizer"]
+    if name not in OPTIMIZER_CLASSES:
+        raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")
+    extra = {"momentum": params["momentum"]} if name == "sgd" else {}
+    return OPTIMIZER_CLASSES[name](model.parameters(), lr=params["lr"],
+                                   weight_decay=params["weight_decay"], **extra)
 
 
 class Window:
@@ -87,19 +95,19 @@ class Judge:
         self.amp = amp
         self.overflows = 0
 
-    def __call__(self, step: int, loss: float, grad_norm: float, ratio: float) -> signals.Verdict | None:
+    def __call__(self, step: int, loss: float, grad_norm: float, ratio: float) -> Verdict | None:
         if not self.amp.overflowed(grad_norm):
             self.overflows = 0
             return self.monitor.update(step, loss, grad_norm, ratio)
         self.overflows += 1
         verdict = signals.nonfinite(step, loss=loss)
         if verdict is None and self.overflows >= MAX_OVERFLOWS:
-            verdict = signals.Verdict(True, f"fp16 gradients overflowed {self.overflows} steps in a row", step)
+            verdict = Verdict(f"fp16 gradients overflowed {self.overflows} steps in a row", step)
         return verdict
 
 
 class StepMonitor(Protocol):
-    def update(self, step: int, loss: float, grad_norm: float, ratio: float) -> signals.Verdict | None: ...
+    def update(self, step: int, loss: float, grad_norm: float, ratio: float) -> Verdict | None: ...
 
 
 def train(
@@ -157,18 +165,17 @@ def train(
             val = workloads.evaluate(wl)
         if done or step % t.report_every == 0:
             metrics = {
-                "step": step,
+                outcome.STEP: step,
                 **window.metrics(),
                 "grad_norm": norm_v,
                 "update_ratio": ratio_v,
                 "lr": lr,
                 **val,
-                "diverged": int(verdict is not None),
-                "final": int(done),
+                outcome.DIVERGED: 0,
+                outcome.FINAL: int(done),
             }
             if verdict is not None:
-                metrics["divergence_reason"] = verdict.reason
-                metrics["divergence_step"] = verdict.step
+                metrics.update(verdict.keys())
             report(metrics)
             window = Window()
         if verdict is not None:
@@ -185,4 +192,4 @@ def trainable(config: dict[str, Any], spec_data: dict[str, Any]) -> None:
     spec = SweepSpec.model_validate(spec_data)
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
     node_id = ray.get_runtime_context().get_node_id()
-    train(spec, config, lambda metrics: tune.report({**metrics, "node_id": node_id}))
+    train(spec, config, lambda metrics: tune.report({**metrics, outcome.NODE_ID: node_id}))

@@ -8,6 +8,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from gradtune import sweep
+from gradtune.outcome import Outcome
 
 pytestmark = pytest.mark.e2e
 
@@ -68,7 +69,8 @@ def test_grid_sweep_logs_parent_children_params_metrics_and_outcomes(ray_session
     assert counts["diverged"] >= 1 and counts["completed"] >= 2 and counts["failed"] == 0
     assert parent.data.metrics["trials_diverged"] == counts["diverged"]
     best = result.best()
-    assert best is not None and best["outcome"] == "completed"
+    assert best is not None and best.outcome is Outcome.COMPLETED
+    assert [t.number for t in result.trials] == list(range(4))
 
 
 def test_a_diverging_trial_is_stopped_well_before_its_budget(ray_session, tiny_spec):
@@ -84,11 +86,11 @@ def test_a_diverging_trial_is_stopped_well_before_its_budget(ray_session, tiny_s
         "training.report_every": 10,
     })
     result = sweep.run(spec)
-    (entry,) = result.trials.values()
-    assert entry["outcome"] == "diverged"
-    assert entry["result"]["step"] <= 60
+    (entry,) = result.trials
+    assert entry.outcome is Outcome.DIVERGED
+    assert entry.result["step"] <= 60 and entry.verdict is not None
     client = MlflowClient(result.tracking_uri)
-    run = client.get_run(entry["run_id"])
+    run = client.get_run(result.runs[entry.trial_id])
     assert run.data.tags["gradtune.outcome"] == "diverged"
     assert "chance" in run.data.tags["gradtune.divergence_reason"]
 

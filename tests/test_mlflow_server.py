@@ -110,7 +110,9 @@ def test_sweep_logs_to_the_tracking_server_over_http(server, tmp_path, monkeypat
     assert len(stored) == 1, list(server.artifacts.rglob("*"))
     summary = json.loads(open(client.download_artifacts(parent_id, "summary.json",
                                                         str(tmp_path))).read())
-    assert {entry["run_id"] for entry in summary.values()} == {r.info.run_id for r in kids}
+    assert {entry["run_id"] for entry in summary["trials"]} == {r.info.run_id for r in kids}
+    assert [entry["number"] for entry in summary["trials"]] == list(range(TRIALS))
+    assert summary["counts"] == counts
 
     # The children: one per trial, with params, outcome tags and per-step metrics.
     assert len(kids) == TRIALS

@@ -8,7 +8,8 @@ from types import SimpleNamespace
 
 from ray.tune.schedulers import TrialScheduler
 
-from gradtune.scheduler import DivergenceScheduler, VerdictCallback
+from gradtune.outcome import Ledger, Outcome, Verdict
+from gradtune.scheduler import DivergenceScheduler
 from gradtune.spec import load
 
 STOP, CONTINUE = TrialScheduler.STOP, TrialScheduler.CONTINUE
@@ -33,7 +34,7 @@ def test_stops_a_trial_that_reported_divergence():
     reported = result(20, diverged=1, divergence_reason="loss is nan", divergence_step=17)
     decision = sched.on_trial_result(None, t, reported)
     assert decision == STOP
-    assert sched.verdicts["a"] == {"reason": "loss is nan", "step": 17}
+    assert sched.ledger.verdicts["a"] == Verdict("loss is nan", 17)
 
 
 def test_nonfinite_objective_or_norm_is_a_divergence_not_a_comparison():
@@ -42,7 +43,7 @@ def test_nonfinite_objective_or_norm_is_a_divergence_not_a_comparison():
         t = trial(tid)
         sched.on_trial_add(None, t)
         assert sched.on_trial_result(None, t, r) == STOP
-        assert tid in sched.verdicts
+        assert tid in sched.ledger.verdicts
 
 
 def test_cross_trial_rule_stops_the_outlier_at_the_same_step():
@@ -56,7 +57,7 @@ def test_cross_trial_rule_stops_the_outlier_at_the_same_step():
     # the outlier's first report has no trend yet; its second, still rising, is stopped
     assert sched.on_trial_result(None, trials[4], result(10, grad_norm=1e4)) == CONTINUE
     assert sched.on_trial_result(None, trials[4], result(20, grad_norm=1e5)) == STOP
-    assert "cohort median at step 20" in sched.verdicts["4"]["reason"]
+    assert "cohort median at step 20" in sched.ledger.verdicts["4"].reason
     # too few peers at another step: no verdict
     assert sched.on_trial_result(None, trials[0], result(30, grad_norm=1e9)) == CONTINUE
 
@@ -76,7 +77,7 @@ def test_cross_trial_rule_can_be_turned_off():
     for step in (10, 20):
         for t in trials:
             sched.on_trial_result(None, t, result(step, grad_norm=step * 1e4 if t.trial_id == "4" else 2.0))
-    assert sched.verdicts == {}
+    assert sched.ledger.verdicts == {}
 
 
 def test_composes_with_asha_for_stable_but_poor_trials():
@@ -90,7 +91,7 @@ def test_composes_with_asha_for_stable_but_poor_trials():
         sched.on_trial_result(None, good, result(step, val_loss=0.1))
         decisions.append(sched.on_trial_result(None, bad, result(step, val_loss=2.0)))
     assert STOP in decisions
-    assert "bad" in sched.pruned and "bad" not in sched.verdicts
+    assert "bad" in sched.pruned and "bad" not in sched.ledger.verdicts
 
 
 def test_state_survives_pickling():
@@ -100,19 +101,31 @@ def test_state_survives_pickling():
     sched.on_trial_result(None, t, result(10))
     sched.on_trial_result(None, t, result(20, diverged=1, divergence_reason="x", divergence_step=20))
     clone = pickle.loads(pickle.dumps(sched))
-    assert clone.verdicts == sched.verdicts
+    assert clone.ledger.verdicts == sched.ledger.verdicts == {"a": Verdict("x", 20)}
     assert clone.norms[10] == {"a": 1.0}
 
 
-def test_verdict_callback_marks_the_result_in_place():
-    sched = make()
-    sched.verdicts["a"] = {"reason": "grad_norm 1e5 is 1e4x the cohort median at step 10", "step": 10}
-    r = result(10)
-    VerdictCallback(sched).on_trial_result(0, [], trial("a"), r)
-    assert r["diverged"] == 1 and r["divergence_step"] == 10 and "cohort" in r["divergence_reason"]
-    untouched = result(10)
-    VerdictCallback(sched).on_trial_result(0, [], trial("b"), untouched)
-    assert "diverged" not in untouched
+def test_a_driver_verdict_reaches_the_shared_ledger_not_the_result():
+    """The cross-trial verdict lives in the ledger the searcher and tracking read; the
+    result Tune passes on is left as the trial reported it."""
+    ledger = Ledger()
+    sched = DivergenceScheduler(load(None), ledger=ledger)
+    trials = [trial(str(i)) for i in range(5)]
+    for t in trials:
+        sched.on_trial_add(None, t)
+    for step in (10, 20):
+        for t in trials[:4]:
+            sched.on_trial_result(None, t, result(step, grad_norm=2.0))
+    sched.on_trial_result(None, trials[4], result(10, grad_norm=1e4))
+    last = result(20, grad_norm=1e5)
+    assert sched.on_trial_result(None, trials[4], last) == STOP
+    assert "diverged" not in last
+    assert ledger.outcome("4", last) is Outcome.DIVERGED and ledger.verdict("4").step == 20
+    assert ledger.outcome("0", result(20, final=1)) is Outcome.COMPLETED
+    # a late (duplicate) result of a judged trial is stopped again, the first verdict stands
+    assert sched.on_trial_result(None, trials[4], result(30, grad_norm=1.0)) == STOP
+    assert ledger.verdicts["4"].step == 20
+    assert ledger.numbers == {str(i): i for i in range(5)}  # suggestion order
 
 
 def test_tune_may_only_confirm_the_objective():

@@ -4,7 +4,7 @@ import optuna
 import pytest
 
 from gradtune import search_space, searcher
-from gradtune.spec import Range, SweepSpec, load
+from gradtune.spec import Range, load
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -75,13 +75,3 @@ def test_same_spec_and_seed_sample_the_same_configs(sampler):
     assert runs[0] == runs[1]
     other, _ = searcher.make(load(None, {"search.sampler": sampler, "training.seed": 1}))
     assert [other.suggest(f"t{i}") for i in range(12)] != runs[0]
-
-
-def test_trial_params_fill_defaults_from_training():
-    spec = load(None, {"training.optimizer": {"name": "adam", "lr": 0.003}, "training.warmup_steps": 5})
-    params = search_space.trial_params(spec, {"norm": "layer", "clip_method": "norm"})
-    assert params["optimizer"] == "adam" and params["lr"] == 0.003
-    assert params["warmup_steps"] == 5
-    assert params["clip_threshold"] == 1.0
-    unclipped = search_space.trial_params(SweepSpec(), {"clip_method": "none", "clip_threshold": 3.0})
-    assert "clip_threshold" not in unclipped

@@ -7,6 +7,7 @@ import math
 from optuna.trial import TrialState
 
 from gradtune import searcher
+from gradtune.outcome import Ledger, Verdict
 from gradtune.spec import load
 
 
@@ -31,6 +32,21 @@ def test_diverged_trial_is_told_as_infeasible_not_dropped():
     assert ok.state == TrialState.COMPLETE and ok.constraints == {"diverged": -1.0}
     assert bad.state == TrialState.COMPLETE and bad.constraints == {"diverged": 1.0}
     assert math.isfinite(bad.value) and bad.value >= ok.value
+
+
+def test_a_verdict_reached_on_the_driver_is_read_from_the_ledger():
+    """The scheduler's cross-trial verdict is not in the trial's result; the searcher
+    learns it from the sweep's ledger."""
+    ledger = Ledger()
+    search, _ = searcher.make(load(None, {}), ledger)
+    search.suggest("ok")
+    search.suggest("outlier")
+    search.on_trial_complete("ok", {"val_loss": 0.3, "final": 1, "diverged": 0})
+    ledger.judge("outlier", Verdict("grad_norm 1e5 is 1e4x the cohort median at step 20", 20))
+    search.on_trial_complete("outlier", {"val_loss": 0.2, "final": 0, "diverged": 0})
+    outlier = frozen(search, "outlier")
+    assert outlier.state == TrialState.COMPLETE and outlier.constraints == {"diverged": 1.0}
+    assert outlier.value == 0.3  # the worst stable objective, not its own better-looking 0.2
 
 
 def test_first_trial_diverging_still_gets_a_finite_value():

@@ -94,6 +94,21 @@ def test_overrides_apply_before_validation(tmp_path):
         spec_mod.load(None, {"training.stepz": 1})
 
 
+@pytest.mark.parametrize("path", [None, ROOT / "sweeps" / "quickstart.yaml", "no-space"])
+def test_set_on_one_dimension_keeps_the_rest_of_the_space(path, tmp_path):
+    """``--set search.space.norm=[layer]`` changes one dimension of the space the spec would
+    run (the default space, with no spec file or a file that names none)."""
+    if path == "no-space":
+        path = write(tmp_path, "name: s\nsearch: {trials: 3}\n")
+    space = spec_mod.load(path, {"search.space.norm": ["layer"]}).search.space
+    assert space == {**SweepSpec().search.space, "norm": ["layer"]}
+
+
+def test_set_replaces_a_whole_space_when_asked(tmp_path):
+    spec = spec_mod.load(None, {"search.space": {"norm": ["layer"]}})
+    assert spec.search.space == {"norm": ["layer"]}
+
+
 @pytest.mark.parametrize("item", ["novalue", "=3", "a.b=[unclosed"])
 def test_bad_set_items(item):
     with pytest.raises(GradtuneError, match="--set"):

@@ -1,10 +1,11 @@
-"""MLflow naming, outcome and metric extraction (no MLflow server needed)."""
+"""MLflow naming, end-of-trial tags and metric extraction (no MLflow server needed)."""
 
 from __future__ import annotations
 
 import math
 
 from gradtune import tracking
+from gradtune.outcome import Ledger, Outcome, Verdict
 
 
 def test_run_name_is_readable():
@@ -15,12 +16,18 @@ def test_run_name_is_readable():
                               "batch_size": 16}) == "norm=none clip=none init=0.5 bs=16"
 
 
-def test_outcome_of():
-    assert tracking.outcome_of({"diverged": 1, "final": 1}) == "diverged"
-    assert tracking.outcome_of({"diverged": 0, "final": 1}) == "completed"
-    assert tracking.outcome_of({"diverged": 0, "final": 0}) == "pruned"
-    assert tracking.outcome_of({"final": 1}, errored=True) == "failed"
-    assert tracking.outcome_of(None) == "pruned"
+def test_end_tags_say_the_outcome_why_and_where():
+    ledger = Ledger()
+    ledger.judge("a", Verdict("grad_norm 1e5 is 1e4x the cohort median at step 20", 20))
+    diverged = ledger.end("a", {}, {"step": 20, "final": 0, "node_id": "n1"})
+    tags = {t.key: t.value for t in tracking.end_tags(diverged)}
+    assert tags == {"gradtune.outcome": "diverged", "gradtune.divergence_step": "20",
+                    "gradtune.divergence_reason": "grad_norm 1e5 is 1e4x the cohort median at step 20",
+                    "gradtune.node_id": "n1"}
+    pruned = ledger.end("b", {}, {"step": 10, "final": 0})
+    assert {t.key: t.value for t in tracking.end_tags(pruned)} == {"gradtune.outcome": "pruned"}
+    assert {tracking.RUN_STATUS[o] for o in Outcome} == {"FINISHED", "KILLED", "FAILED"}
+    assert tracking.RUN_STATUS[Outcome.FAILED] == "FAILED" and tracking.RUN_STATUS[Outcome.PRUNED] == "KILLED"
 
 
 def test_metrics_are_logged_against_the_training_step_and_keep_nan():

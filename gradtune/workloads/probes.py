@@ -13,18 +13,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from gradtune import params as params_mod
 from gradtune import workloads
 from gradtune.workloads.base import Workload
 
-DEFAULT_PARAMS: dict[str, Any] = {
-    "clip_method": "none", "init_scale": 1.0, "norm": "none", "batch_size": 64,
-    "optimizer": "sgd", "lr": 0.05, "momentum": 0.0, "weight_decay": 0.0, "warmup_steps": 0,
-}
-
 
 def make(name: str, options: dict[str, Any] | None = None, seed: int = 0, **params: Any) -> Workload:
-    """A workload on CPU with the trial defaults overridden by ``params``."""
-    return workloads.build(name, options or {}, {**DEFAULT_PARAMS, **params}, seed,
+    """A workload on CPU with the registry defaults (:mod:`gradtune.params`) overridden by
+    ``params``."""
+    return workloads.build(name, options or {}, {**params_mod.defaults(), **params}, seed,
                            torch.device("cpu"))
 
 

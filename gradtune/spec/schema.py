@@ -1,0 +1,184 @@
+"""The sweep spec's schema: a validated, frozen description of one sweep.
+
+In ``search.space`` a scalar fixes a value, a list is a categorical choice and ``{low, high,
+log}`` is a range; the parameters and what they accept are :mod:`gradtune.params`'s.
+Unknown keys are errors naming the key. The defaults of :class:`SweepSpec` are the
+quickstart sweep, so ``SweepSpec()`` is what ``python -m gradtune sweep`` runs with no SPEC
+(``sweeps/quickstart.yaml`` spells it out). Reading YAML and ``--set`` is
+:mod:`gradtune.spec.loading`'s.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal, Union
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
+
+from gradtune.params import OPTIMIZERS, PARAMS
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Range(_Frozen):
+    """A numeric range; ``log`` samples on a log scale (then ``low`` must be > 0)."""
+
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> Range:
+        if not (math.isfinite(self.low) and math.isfinite(self.high)):
+            raise ValueError(f"low and high must be finite, but got {self.low=}, {self.high=}")
+        if self.low >= self.high:
+            raise ValueError(f"low must be below high, but got low={self.low}, high={self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, but got low={self.low}")
+        return self
+
+
+# typing.Union: the Strict* types are Annotated aliases, which do not support `|` at run time.
+Scalar = Union[StrictBool, StrictInt, StrictFloat, StrictStr]  # noqa: UP007
+Dimension = Union[Range, list[Scalar], Scalar]  # noqa: UP007
+
+
+class WorkloadSpec(_Frozen):
+    name: str = "deep_mlp"
+    options: dict[str, Any] = Field(
+        default_factory=lambda: {"depth": 20, "width": 64, "activation": "relu"}
+    )
+
+
+class OptimizerSpec(_Frozen):
+    """The optimizer of every trial unless the space searches it; defaults from the registry."""
+
+    name: str = PARAMS["optimizer"].default
+    lr: float = Field(default=PARAMS["lr"].default, gt=0)
+    momentum: float = Field(default=PARAMS["momentum"].default, ge=0, lt=1)
+    weight_decay: float = Field(default=PARAMS["weight_decay"].default, ge=0)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        if name not in OPTIMIZERS:
+            raise ValueError(f"{name!r} is not one of {', '.join(OPTIMIZERS)}")
+        return name
+
+
+class TrainingSpec(_Frozen):
+    steps: int = Field(default=300, gt=0)
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    report_every: int = Field(default=10, gt=0)
+    eval_every: int | None = Field(default=None, gt=0)  # None: evaluate at every report
+    warmup_steps: int = Field(default=PARAMS["warmup_steps"].default, ge=0)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast; fp16 adds a grad scaler
+
+
+def _default_space() -> dict[str, Any]:
+    return {
+        "clip_method": ["none", "norm", "value"],
+        "clip_threshold": Range(low=0.01, high=10.0, log=True),
+        "init_scale": Range(low=0.25, high=4.0, log=True),
+        "norm": ["none", "batch", "layer"],
+        "batch_size": [16, 32, 64, 128],
+    }
+
+
+class SearchSpec(_Frozen):
+    sampler: Literal["tpe", "random", "grid"] = "tpe"
+    trials: int = Field(default=24, gt=0)
+    max_concurrent: int = Field(default=2, gt=0)
+    metric: Literal["val_loss", "val_accuracy", "train_loss"] = "val_loss"
+    mode: Literal["min", "max"] = "min"
+    seed: int | None = None  # None: training.seed
+    space: dict[str, Dimension] = Field(default_factory=_default_space)
+
+    @model_validator(mode="after")
+    def _check_space(self) -> SearchSpec:
+        for name, dim in self.space.items():
+            check_dimension(name, dim)
+        if self.sampler == "grid":
+            ranges = [n for n, d in self.space.items() if isinstance(d, Range)]
+            if ranges:
+                raise ValueError(
+                    f"space.{ranges[0]}: the grid sampler needs a list, but got a range"
+                )
+        return self
+
+
+class ResourcesSpec(_Frozen):
+    cpu: float = Field(default=1.0, gt=0)
+    gpu: float = Field(default=0.0, ge=0)
+
+
+class TrackingSpec(_Frozen):
+    uri: str = "sqlite:///mlflow.db"
+    experiment: str | None = None  # None: the spec's name
+
+
+class DivergenceSpec(_Frozen):
+    """When a trial counts as diverging. A threshold of ``null`` turns its rule off; the
+    non-finite rule (NaN/inf loss or gradient norm) is always on."""
+
+    enabled: bool = True  # the in-trial rules beyond NaN/inf
+    grace_steps: int = Field(default=10, ge=1)  # steps that form the early baseline
+    window: int = Field(default=20, ge=3)  # steps a sustained signal must last
+    grad_growth: float | None = Field(default=1e3, gt=1)  # fitted growth over the window
+    grad_ceiling: float | None = Field(default=1e4, gt=1)  # x the early median norm
+    loss_factor: float | None = Field(default=100.0, gt=1)  # x chance-level loss, whole window
+    loss_vs_best: float | None = Field(default=10.0, gt=1)  # x the trial's best loss
+    update_ratio: float | None = Field(default=1.0, gt=0)  # ||dw||/||w|| of a single step
+    cohort_factor: float | None = Field(default=1e3, gt=1)  # x the cohort's median at that step
+    cohort_min_trials: int = Field(default=4, ge=2)
+    scheduler: Literal["none", "asha", "median"] = "none"  # performance pruning
+    grace_reports: int = Field(default=3, ge=1)  # reports before performance pruning
+
+
+class SweepSpec(_Frozen):
+    name: str = Field(default="quickstart", min_length=1)
+    workload: WorkloadSpec = Field(default_factory=WorkloadSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    search: SearchSpec = Field(default_factory=SearchSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    divergence: DivergenceSpec = Field(default_factory=DivergenceSpec)
+    storage: str | None = None  # Ray Tune storage path or URI; None: Ray's default
+
+    @property
+    def experiment(self) -> str:
+        return self.tracking.experiment or self.name
+
+    @property
+    def search_seed(self) -> int:
+        return self.training.seed if self.search.seed is None else self.search.seed
+
+
+def check_dimension(name: str, dim: Any) -> None:
+    """Raise ``ValueError`` naming ``space.<name>`` if ``dim`` does not fit the parameter."""
+    param = PARAMS.get(name)
+    if param is None:
+        raise ValueError(f"space.{name}: unknown parameter; known: {', '.join(PARAMS)}")
+    values = dim if isinstance(dim, list) else [dim]
+    if isinstance(dim, list) and not dim:
+        raise ValueError(f"space.{name}: a choice needs at least one value")
+    if isinstance(dim, Range):
+        if param.kind == "choice":
+            raise ValueError(f"space.{name}: a choice parameter cannot take a range")
+        values = [dim.low, dim.high]
+    for value in values:
+        param.check(name, value)

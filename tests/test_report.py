@@ -1,0 +1,43 @@
+"""The end-of-sweep terminal summary, from a ledger filled by hand: no Ray, no MLflow."""
+
+from __future__ import annotations
+
+import math
+
+from gradtune import report
+from gradtune.outcome import Ledger, Verdict
+from gradtune.spec import SweepSpec
+from gradtune.sweep import SweepResult
+
+
+def sweep_result(ledger: Ledger, uri: str = "sqlite:////tmp/x/mlflow.db") -> SweepResult:
+    return SweepResult(spec=SweepSpec(), tracking_uri=uri, experiment="quickstart", parent_run_id="p1",
+                       storage="/tmp/x", ledger=ledger, runs={"good": "run-good"}, seconds=12.3)
+
+
+def test_summary_counts_reasons_best_and_ui_command():
+    ledger = Ledger()
+    ledger.end("good", {"norm": "layer", "init_scale": 1.0}, {"final": 1, "val_loss": 0.15, "val_accuracy": 0.96})
+    ledger.end("worse", {"norm": "none", "init_scale": 0.5}, {"final": 1, "val_loss": 0.4})
+    ledger.judge("boom", Verdict("grad_norm 1e5 is 1e4x the cohort median at step 20", 20))
+    ledger.end("boom", {"norm": "none", "init_scale": 4.0}, {"final": 0, "val_loss": math.nan})
+    text = report.summary(sweep_result(ledger))
+    lines = text.splitlines()
+    assert "gradtune sweep 'quickstart': 3 trials in 12s" in lines
+    assert "  completed: 2  diverged: 1  pruned: 0  failed: 0" in lines
+    assert "    diverged at step 20: grad_norm 1e5 is 1e4x the cohort median at step 20" in lines
+    assert "  best trial (val_loss min): val_loss=0.15, val_accuracy=0.96" in lines
+    assert "    norm=layer, init_scale=1" in lines and "    MLflow run run-good" in lines
+    assert lines[-1] == "  open the UI: python -m gradtune ui --tracking-uri sqlite:////tmp/x/mlflow.db"
+
+
+def test_summary_without_a_finite_completed_trial_and_many_divergences():
+    ledger = Ledger()
+    for i in range(7):
+        ledger.end(f"t{i}", {}, {"final": 1, "diverged": 1, "divergence_reason": f"loss is nan ({i})",
+                                 "divergence_step": i + 1})
+    text = report.summary(sweep_result(ledger, uri="http://127.0.0.1:5000"))
+    assert text.count("    diverged at step") == 5
+    assert "    ... and 2 more (tag gradtune.outcome=diverged)" in text
+    assert "  no trial completed with a finite val_loss" in text
+    assert text.splitlines()[-1] == "  open the UI: http://127.0.0.1:5000"
