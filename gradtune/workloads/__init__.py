@@ -96,7 +96,7 @@ def listing() -> str:
         for key, opt in entry.options.items():
             lines.append(f"  {key:14s} {opt.default!s:8s} {opt.describe():32s} {opt.help}")
     lines.append("plug-in       package.module:factory: your own model and data "
-                 "(README, 'Bring your own model')")
+                 "(docs/plugins.md)")
     return "\n".join(lines)
 
 
