@@ -23,13 +23,30 @@ step is skipped. ``autoclip`` and ``zclip`` keep non-finite norms out of their s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import torch
 from torch import Tensor
 from torch.nn.utils import clip_grad_value_, get_total_norm
 
 Params = Sequence[Tensor]
+
+
+class Clipper(Protocol):
+    """A gradient clipper: ``clipper(params)`` clips the ``p.grad`` of ``params`` in place.
+
+    Returns ``(norm, clipped)``: the global L2 gradient norm *before* clipping and whether
+    clipping changed the gradient, both 0-dim tensors on the gradients' device (no host sync).
+
+    NaN and inf: a non-finite norm is returned as it is (the trial's divergence check acts
+    on it). What the clipper then leaves in the gradients (unchanged, or their finite part
+    scaled to 0 on an inf norm) does not matter: the trial stops, or under fp16 loss scaling
+    the step is skipped. A clipper that keeps statistics of past norms keeps non-finite
+    norms out of them.
+    """
+
+    def __call__(self, params: Sequence[Tensor]) -> tuple[Tensor, Tensor]: ...
 
 
 def _grads(params: Params) -> list[Tensor]:
@@ -81,9 +98,12 @@ class ValueClip:
 
 def unitwise_norm(x: Tensor) -> Tensor:
     """L2 norm per output unit: over all dims but the first; a vector or scalar is one unit."""
+    # torch.linalg's functions are typed Any: the annotation states what they return.
     if x.ndim <= 1:
-        return torch.linalg.vector_norm(x)
-    return torch.linalg.vector_norm(x, dim=tuple(range(1, x.ndim)), keepdim=True)
+        norm: Tensor = torch.linalg.vector_norm(x)
+    else:
+        norm = torch.linalg.vector_norm(x, dim=tuple(range(1, x.ndim)), keepdim=True)
+    return norm
 
 
 class AdaptiveClip:
@@ -169,20 +189,24 @@ class ZClip:
         return norm, over
 
 
-def make(method: str, threshold: float | None = None):  # type: ignore[no-untyped-def]
+# The clip methods that take a threshold, by name, in the order error messages list them;
+# ``none`` (no clipping, no threshold) is the one other method.
+CLIPPERS: dict[str, Callable[[float], Clipper]] = {
+    "norm": NormClip,
+    "value": ValueClip,
+    "agc": AdaptiveClip,
+    "autoclip": AutoClip,
+    "zclip": ZClip,
+}
+
+
+def make(method: str, threshold: float | None = None) -> Clipper:
     """The clipper for ``method``; raises ``ValueError`` for an unknown method or a
     missing/non-positive threshold."""
     if method == "none":
         return NoClip()
     if threshold is None or not threshold > 0:
         raise ValueError(f"clip method {method!r} needs clip_threshold > 0, but got {threshold=}.")
-    classes = {
-        "norm": NormClip,
-        "value": ValueClip,
-        "agc": AdaptiveClip,
-        "autoclip": AutoClip,
-        "zclip": ZClip,
-    }
-    if method not in classes:
-        raise ValueError(f"unknown clip method {method!r}; known: none, {', '.join(classes)}.")
-    return classes[method](threshold)
+    if method not in CLIPPERS:
+        raise ValueError(f"unknown clip method {method!r}; known: none, {', '.join(CLIPPERS)}.")
+    return CLIPPERS[method](threshold)

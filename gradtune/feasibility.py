@@ -29,7 +29,8 @@ from typing import Any
 
 import numpy as np
 import optuna
-from optuna.distributions import BaseDistribution, CategoricalDistribution
+from numpy.typing import NDArray
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 log = logging.getLogger(__name__)
@@ -61,8 +62,10 @@ def encode(params: dict[str, Any], space: dict[str, BaseDistribution]) -> list[f
         if value is None:
             vec.append(0.0)
             continue
-        low, high, x = float(dist.low), float(dist.high), float(value)  # type: ignore[attr-defined]
-        if getattr(dist, "log", False):
+        if not isinstance(dist, (FloatDistribution, IntDistribution)):
+            raise TypeError(f"cannot encode {name!r}: unknown distribution {dist!r}")
+        low, high, x = float(dist.low), float(dist.high), float(value)
+        if dist.log:
             low, high, x = math.log(low), math.log(high), math.log(x)
         vec.append((x - low) / (high - low) if high > low else 0.0)
     return vec
@@ -96,10 +99,12 @@ class RiskModel:
     def risk(self, params: dict[str, Any]) -> float | None:
         return None if self.model is None else float(self.risks([params])[0])
 
-    def risks(self, candidates: Sequence[dict[str, Any]]) -> np.ndarray:
+    def risks(self, candidates: Sequence[dict[str, Any]]) -> NDArray[np.float64]:
         """The risk of each candidate, in one prediction; needs a fitted model."""
         assert self.model is not None, "risks() before both outcomes were seen"
-        return self.model.predict_proba([encode(c, self.space) for c in candidates])[:, 1]
+        # scikit-learn is untyped (self.model is Any): predict_proba gives float64 columns.
+        proba: NDArray[np.float64] = self.model.predict_proba([encode(c, self.space) for c in candidates])
+        return proba[:, 1]
 
 
 class FeasibleSampler(optuna.samplers.BaseSampler):

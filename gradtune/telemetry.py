@@ -14,11 +14,6 @@ from torch import Tensor
 from torch.nn.utils import get_total_norm
 
 
-def global_norm(tensors: Sequence[Tensor], norm_type: float = 2.0) -> Tensor:
-    """The norm of all ``tensors`` taken as one vector (0 for an empty list)."""
-    return get_total_norm(list(tensors), norm_type)
-
-
 class UpdateRatio:
     """``||w_after - w_before|| / ||w_before||`` over all ``weights`` for one optimizer step.
 

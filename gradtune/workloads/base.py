@@ -80,7 +80,9 @@ class Features(nn.Module):
         self.norm = norm
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.norm(x.reshape(-1, x.shape[-1])).reshape(x.shape)
+        # Calling a module is typed Any (nn.Module.__call__): the annotation says what it is.
+        out: Tensor = self.norm(x.reshape(-1, x.shape[-1]))
+        return out.reshape(x.shape)
 
 
 def token_norm_layer(norm: str, width: int) -> nn.Module:

@@ -11,7 +11,8 @@ import math
 from typing import Any
 
 import torch
-from torch import nn
+from numpy.typing import ArrayLike
+from torch import Tensor, nn
 
 from gradtune.workloads.base import (
     ACTIVATIONS,
@@ -28,8 +29,9 @@ SCHEMA = BUILTIN["deep_mlp"].options
 OPTIONS = BUILTIN["deep_mlp"].defaults()
 
 
-def digits(seed: int, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """Digits as float tensors in [0, 1], split 80/20 with a seeded, stratified split."""
+def digits(seed: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Digits as float tensors in [0, 1], split 80/20 with a seeded, stratified split:
+    ``(x_train, y_train, x_val, y_val)``."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -37,8 +39,13 @@ def digits(seed: int, device: torch.device) -> tuple[torch.Tensor, ...]:
     x_tr, x_va, y_tr, y_va = train_test_split(
         x / 16.0, y, test_size=0.2, random_state=seed, stratify=y
     )
-    as_x = lambda a: torch.tensor(a, dtype=torch.float32, device=device)  # noqa: E731
-    as_y = lambda a: torch.tensor(a, dtype=torch.long, device=device)  # noqa: E731
+
+    def as_x(a: ArrayLike) -> Tensor:
+        return torch.tensor(a, dtype=torch.float32, device=device)
+
+    def as_y(a: ArrayLike) -> Tensor:
+        return torch.tensor(a, dtype=torch.long, device=device)
+
     return as_x(x_tr), as_y(y_tr), as_x(x_va), as_y(y_va)
 
 

@@ -39,16 +39,20 @@ class Block(nn.Module):
             self.scale = nn.Parameter(torch.ones(1))
 
     def branch(self, x: Tensor) -> Tensor:
+        # Calling a module is typed Any (nn.Module.__call__): the annotations say what it is.
         if not self.fixup:
-            return self.fc2(torch.relu(self.fc1(x)))
+            out: Tensor = self.fc2(torch.relu(self.fc1(x)))
+            return out
         b = self.bias
         h = torch.relu(self.fc1(x + b[0]) + b[1])
-        return self.fc2(h + b[2]) * self.scale + b[3]
+        out = self.fc2(h + b[2])
+        return out * self.scale + b[3]
 
     def forward(self, x: Tensor) -> Tensor:
         if self.position == "pre":
             return x + self.branch(self.norm(x))
-        return self.norm(x + self.branch(x))
+        out: Tensor = self.norm(x + self.branch(x))
+        return out
 
 
 class ResMLP(nn.Module):
@@ -64,7 +68,8 @@ class ResMLP(nn.Module):
         self.head = nn.Linear(width, n_out)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.final(self.blocks(self.stem(x))))
+        logits: Tensor = self.head(self.final(self.blocks(self.stem(x))))
+        return logits
 
 
 @torch.no_grad()

@@ -70,7 +70,9 @@ class RNN(nn.Module):
         h = torch.zeros(x.shape[0], self.rec.in_features, device=x.device, dtype=drive.dtype)
         for t in range(x.shape[1]):
             h = self.act(self.norm(drive[:, t] + self.rec(h)))
-        return self.out(h)
+        # Calling a module is typed Any (nn.Module.__call__): the annotation says what it is.
+        out: Tensor = self.out(h)
+        return out
 
 
 @torch.no_grad()

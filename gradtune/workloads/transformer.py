@@ -56,7 +56,9 @@ class Attention(nn.Module):
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         out = nn.functional.scaled_dot_product_attention(q, k, v)  # bidirectional
-        return self.proj(out.transpose(1, 2).reshape(b, t, d))
+        # Calling a module is typed Any (nn.Module.__call__): the annotation says what it is.
+        projected: Tensor = self.proj(out.transpose(1, 2).reshape(b, t, d))
+        return projected
 
 
 class Block(nn.Module):
@@ -73,9 +75,11 @@ class Block(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.position == "pre":
             x = x + self.attn(self.norm1(x))
-            return x + self.mlp(self.norm2(x))
-        x = self.norm1(x + self.attn(x))
-        return self.norm2(x + self.mlp(x))
+            out: Tensor = x + self.mlp(self.norm2(x))
+        else:
+            x = self.norm1(x + self.attn(x))
+            out = self.norm2(x + self.mlp(x))
+        return out
 
 
 class Transformer(nn.Module):
@@ -92,7 +96,8 @@ class Transformer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.tokens(x) + self.positions[: x.shape[1]]
-        return self.head(self.final(self.blocks(h)))  # (batch, seq_len, vocab)
+        logits: Tensor = self.head(self.final(self.blocks(h)))  # (batch, seq_len, vocab)
+        return logits
 
 
 def sequence_cross_entropy(output: Tensor, target: Tensor) -> Tensor:
