@@ -124,7 +124,8 @@ class TrialRecord:
         }
         if self.verdict is not None:
             out["divergence"] = {"reason": self.verdict.reason, "step": self.verdict.step}
-        return strict_json(out)
+        clean: dict[str, Any] = strict_json(out)
+        return clean
 
 
 @dataclass

@@ -56,7 +56,7 @@ class Param:
 
 
 def _clips(params: dict[str, Any]) -> bool:
-    return params.get("clip_method", PARAMS["clip_method"].default) != "none"
+    return bool(params.get("clip_method", PARAMS["clip_method"].default) != "none")
 
 
 # The names users put in ``search.space``; they are also the MLflow param names. Order: the
@@ -80,7 +80,7 @@ PARAMS: dict[str, Param] = {
 def applies(name: str, params: dict[str, Any]) -> bool:
     """Whether parameter ``name`` means anything given the other ``params``."""
     condition = PARAMS[name].applies
-    return condition is None or condition(params)
+    return condition is None or bool(condition(params))
 
 
 def defaults() -> dict[str, Any]:

@@ -63,7 +63,7 @@ class DivergenceScheduler(TrialScheduler):
         self, spec: SweepSpec, inner: TrialScheduler | None = None,
         ledger: outcome.Ledger | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # Ray leaves it unannotated
         self.ledger = ledger if ledger is not None else outcome.Ledger()
         self.cfg = spec.divergence
         self.metric_name = spec.search.metric

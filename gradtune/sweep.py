@@ -142,7 +142,8 @@ def _token_auth_from_env() -> None:
     if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
         return
     os.environ["RAY_AUTH_MODE"] = "token"
-    from ray._raylet import Config
+    # Ray's own type stub for the compiled _raylet leaves Config out.
+    from ray._raylet import Config  # type: ignore[attr-defined]
 
     Config.initialize("")  # the mode is cached at import; Ray's own _enable_token_auth does this
 

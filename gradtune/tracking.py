@@ -126,7 +126,7 @@ class MLflowTracking(Callback):
         self.client.set_terminated(self.parent_id, status=status)
 
     # ----------------------------------------------------------------- trial level
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         assert self.client is not None and self.parent_id is not None
         params = trial_params(self.spec, trial.config)
         run = self.client.create_run(
@@ -145,7 +145,9 @@ class MLflowTracking(Callback):
         self.last_flush[trial.trial_id] = time.monotonic()
         self.client.log_batch(run_id, params=[Param(k, _param_value(v)) for k, v in params.items()])
 
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+    def on_trial_result(
+        self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
+    ) -> None:
         run_id = self.runs.get(trial.trial_id)
         if run_id is None or self.client is None:
             return
@@ -156,10 +158,10 @@ class MLflowTracking(Callback):
         if len(buf) >= BATCH or time.monotonic() - self.last_flush[trial.trial_id] > FLUSH_SECONDS:
             self._flush(trial.trial_id)
 
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self._end(trial, errored=False)
 
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self._end(trial, errored=True)
 
     def _end(self, trial: Any, errored: bool) -> None:

@@ -16,7 +16,6 @@ from gradtune.errors import GradtuneError
 from gradtune.spec.schema import SearchSpec, SweepSpec
 
 
-
 def load(path: str | Path | None, overrides: dict[str, Any] | None = None) -> SweepSpec:
     """Load and validate a spec; ``path=None`` gives the embedded quickstart defaults.
 
