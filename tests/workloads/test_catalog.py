@@ -3,18 +3,32 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 
 from gradtune import workloads
 from gradtune.errors import GradtuneError
-from gradtune.workloads import catalog
+from gradtune.workloads import catalog, probes
+from tests.workloads._helpers import CPU
 
 
 def test_every_builtin_has_a_module_with_matching_options():
     assert workloads.BUILTIN == ("deep_mlp", "rnn_adding", "resmlp", "transformer", "cnn")
     for name in workloads.BUILTIN:
-        module = __import__(f"gradtune.workloads.{name}", fromlist=["OPTIONS"])
-        assert module.OPTIONS == workloads.options_of(name) == catalog.BUILTIN[name].defaults()
+        module = importlib.import_module(f"gradtune.workloads.{name}")
+        schema = catalog.BUILTIN[name].options
+        # The module reads its schema from the catalog, not a copy of its own.
+        assert module.SCHEMA is schema
+        # Its OPTIONS: every declared option, in order, at that option's default.
+        assert list(module.OPTIONS) == list(schema)
+        assert all(module.OPTIONS[key] == opt.default for key, opt in schema.items())
+        assert workloads.options_of(name) == module.OPTIONS
+        # Each default passes its own option's check (type, choices, minimum).
+        assert catalog.resolve(schema, {}) == catalog.resolve(schema, dict(module.OPTIONS)) == module.OPTIONS
+        # The module's build checks what it is given against that schema.
+        with pytest.raises(GradtuneError, match=f"workload.options.bogus: unknown option; known: {', '.join(schema)}$"):
+            module.build({"bogus": 1}, probes.DEFAULT_PARAMS, 0, CPU)
 
 
 @pytest.mark.parametrize("options, message", [
