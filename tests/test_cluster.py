@@ -15,7 +15,9 @@ import json
 from pathlib import Path
 
 import pytest
-from _servers import (
+from mlflow.tracking import MlflowClient
+
+from tests._servers import (
     RayCluster,
     gradtune,
     is_loopback,
@@ -23,7 +25,6 @@ from _servers import (
     run_watched,
     session_pids,
 )
-from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.e2e
 

@@ -76,6 +76,7 @@ def cliff_sweep(sampler, trials=40):
     return sum(late) / len(late)
 
 
+@pytest.mark.slow
 def test_screening_keeps_tpe_off_the_cliff_next_to_the_optimum():
     seeds = (1, 3)
     plain = [cliff_sweep(searcher.tpe(s, 40)) for s in seeds]

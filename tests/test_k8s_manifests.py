@@ -257,6 +257,7 @@ def test_overlay_renders(overlay: str) -> None:
         assert obj["metadata"]["labels"].get("app.kubernetes.io/part-of") == "gradtune", obj
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strict", [False, True], ids=["loose", "strict"])
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_ray_objects_match_kuberay_crds(overlay: str, strict: bool) -> None:
@@ -270,6 +271,7 @@ def test_ray_objects_match_kuberay_crds(overlay: str, strict: bool) -> None:
     assert not errors, "\n".join(errors)
 
 
+@pytest.mark.slow
 def test_strict_crd_validation_rejects_misspelled_fields() -> None:
     """The strict check is what catches typos: KubeRay's schemas alone let them through."""
     rayjob = only(render("cpu"), "RayJob")
@@ -568,6 +570,7 @@ def _entrypoint_as_validate(entrypoint: str) -> tuple[Path, list[str]]:
     return REPO / Path(args.spec).relative_to(workdir), overrides
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_entrypoint_spec_and_overrides_pass_gradtune_validate(overlay: str) -> None:
     """The sweep the RayJob starts is a valid spec (every --set key exists, values fit)."""

@@ -25,7 +25,9 @@ import warnings
 
 import pytest
 import yaml
-from _servers import (
+from mlflow.tracking import MlflowClient
+
+from tests._servers import (
     MlflowServer,
     clean_env,
     find_postgres,
@@ -33,7 +35,6 @@ from _servers import (
     postgres_databases,
     run_watched,
 )
-from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.e2e
 

@@ -40,6 +40,7 @@ def test_relu_mlp_weight_gradient_grows_like_init_scale_to_the_depth():
     assert slope == pytest.approx(20.0, rel=0.15)
 
 
+@pytest.mark.slow
 def test_relu_mlp_diverges_above_critical_init_and_stalls_below():
     above = S.train("deep_mlp", {"depth": 20}, {"init_scale": 2.0})
     assert above.outcome == "diverged" and above.step <= 20
@@ -50,6 +51,7 @@ def test_relu_mlp_diverges_above_critical_init_and_stalls_below():
     assert critical.outcome == "trains"
 
 
+@pytest.mark.slow
 def test_batchnorm_mlp_gradient_explodes_backwards_yet_stays_finite():
     """Yang et al. 2019: BatchNorm itself makes the gradient grow with depth backwards
     (first/last hidden layer ratio ~ 1.21^19 = 38 in the large-batch limit; measured
@@ -62,6 +64,7 @@ def test_batchnorm_mlp_gradient_explodes_backwards_yet_stays_finite():
 # ----------------------------------------------------------------------------- rnn_adding
 
 
+@pytest.mark.slow
 def test_rnn_sgd_explodes_without_clipping_where_norm_clipping_does_not():
     """Pascanu et al. 2013, tanh RNN on the T=20 adding problem, SGD lr 0.2."""
     free = S.train("rnn_adding", {}, {"clip_method": "none"}, lr=S.RNN_LR)
@@ -82,6 +85,7 @@ def test_residual_stream_grows_sqrt3_per_block_without_norm():
     assert S.resmlp_growth(seed=0, init_scale=0.5) == pytest.approx(math.sqrt(1.125), rel=0.05)
 
 
+@pytest.mark.slow
 def test_resmlp_diverges_without_norm_and_trains_with_pre_ln_or_fixup():
     assert S.train("resmlp", {}, {}, steps=100).outcome == "diverged"
     pre = S.train("resmlp", {"norm_position": "pre"}, {"norm": "layer"}, steps=100)
@@ -93,6 +97,7 @@ def test_resmlp_diverges_without_norm_and_trains_with_pre_ln_or_fixup():
 # ----------------------------------------------------------------------------- transformer
 
 
+@pytest.mark.slow
 def test_post_ln_fails_without_warmup_where_pre_ln_trains():
     """Xiong et al. 2020, 4-layer encoder on sequence reversal, Adam lr 0.02, 150 steps:
     Post-LN stays at chance (ln 16 = 2.77), Pre-LN solves it. Its cause: at init the
@@ -108,6 +113,7 @@ def test_post_ln_fails_without_warmup_where_pre_ln_trains():
 # ----------------------------------------------------------------------------- cnn
 
 
+@pytest.mark.slow
 def test_unnormalised_resnet_grows_per_block_and_batchnorm_stops_it():
     """De & Smith 2020: without a norm a He-initialised residual stream doubles its variance
     per block (sqrt(2) = 1.41 in scale; measured 1.29-1.44); BatchNorm keeps it ~flat."""

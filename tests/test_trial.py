@@ -67,6 +67,7 @@ def test_deep_plain_mlp_with_large_init_diverges_and_stops_at_once():
     assert reports[-1] is last  # reported at once, nothing after
 
 
+@pytest.mark.slow
 def test_same_with_layer_norm_does_not_diverge():
     _, last = run({"norm": "layer", "init_scale": 4.0},
                   **{"workload.options": {"depth": 20, "width": 64, "activation": "relu"},

@@ -1,0 +1,105 @@
+"""``gradtune.telemetry.UpdateRatio``: ``||w_after - w_before|| / ||w_before||`` of one
+optimizer step, on a model small enough to work out by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from gradtune.telemetry import UpdateRatio
+
+
+def tiny(weight=(3.0, 4.0), bias=0.0):
+    """``Linear(2, 1)`` with the given weights: ``||(w, b)|| = 5`` by default."""
+    model = nn.Linear(2, 1)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([weight]))
+        model.bias.fill_(bias)
+    return model
+
+
+def sgd_step(model, ratio, lr=0.1, x=(1.0, 1.0)):
+    """One SGD step on ``loss = model(x)``, whose gradient is ``x`` for the weight and 1 for
+    the bias, measured by ``ratio``."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    opt.zero_grad()
+    model(torch.tensor([x])).sum().backward()
+    ratio.before_step()
+    opt.step()
+    return ratio.after_step()
+
+
+def test_ratio_is_the_step_norm_over_the_weight_norm():
+    model = tiny()
+    value = sgd_step(model, UpdateRatio(list(model.parameters())), lr=0.1)
+    # The step is -0.1 * (1, 1, 1); the weights before it were (3, 4, 0).
+    assert value.ndim == 0 and value.dtype == torch.float32
+    assert value.item() == pytest.approx(0.1 * math.sqrt(3) / 5, rel=1e-6)
+
+
+def test_ratio_covers_only_the_weights_it_was_given():
+    model = tiny(bias=12.0)
+    value = sgd_step(model, UpdateRatio([model.weight]), lr=0.1)
+    assert value.item() == pytest.approx(0.1 * math.sqrt(2) / 5, rel=1e-6)  # the bias left out
+
+
+def test_each_step_is_measured_from_its_own_starting_weights():
+    model = tiny()
+    ratio = UpdateRatio([model.weight])
+    first = sgd_step(model, ratio, lr=0.1).item()
+    second = sgd_step(model, ratio, lr=0.1).item()
+    assert first == pytest.approx(0.1 * math.sqrt(2) / 5, rel=1e-6)
+    # From (2.9, 3.9): the same step over the new norm, not the two steps over the first.
+    assert second == pytest.approx(0.1 * math.sqrt(2) / math.hypot(2.9, 3.9), rel=1e-6)
+
+
+def test_the_copy_is_taken_at_before_step_not_at_construction():
+    model = tiny()
+    ratio = UpdateRatio([model.weight])
+    with torch.no_grad():
+        model.weight.mul_(2)  # (6, 8) by the time the step starts
+    assert sgd_step(model, ratio, lr=0.1).item() == pytest.approx(0.1 * math.sqrt(2) / 10, rel=1e-6)
+
+
+def test_disabled_is_nan_and_keeps_no_copy():
+    model = tiny()
+    ratio = UpdateRatio(list(model.parameters()), enabled=False)
+    assert ratio.before == []
+    assert math.isnan(sgd_step(model, ratio).item())
+
+
+def test_no_weights_is_nan():
+    ratio = UpdateRatio([])
+    assert not ratio.enabled
+    ratio.before_step()
+    assert math.isnan(ratio.after_step().item())
+
+
+def test_after_step_without_before_step_is_nan():
+    model = tiny()
+    assert math.isnan(UpdateRatio([model.weight]).after_step().item())
+
+
+@pytest.mark.parametrize("bad, check", [(math.nan, math.isnan), (math.inf, math.isinf)])
+def test_a_non_finite_gradient_gives_a_non_finite_ratio(bad, check):
+    model = tiny()
+    ratio = UpdateRatio([model.weight])
+    model.weight.grad = torch.tensor([[bad, 1.0]])
+    ratio.before_step()
+    torch.optim.SGD([model.weight], lr=0.1).step()
+    assert check(ratio.after_step().item())
+
+
+def test_a_non_finite_weight_before_the_step_gives_nan():
+    model = tiny(weight=(math.inf, 4.0))
+    assert math.isnan(sgd_step(model, UpdateRatio([model.weight])).item())  # inf - inf
+
+
+def test_zero_weights_give_inf_or_nan():
+    model = tiny(weight=(0.0, 0.0))
+    assert math.isinf(sgd_step(model, UpdateRatio([model.weight])).item())  # a step from zero
+    model = tiny(weight=(0.0, 0.0))
+    assert math.isnan(sgd_step(model, UpdateRatio([model.weight]), x=(0.0, 0.0)).item())  # 0 / 0

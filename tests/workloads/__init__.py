@@ -1,0 +1,1 @@
+"""Tests of :mod:`gradtune.workloads`, one file per module."""
