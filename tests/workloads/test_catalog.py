@@ -7,9 +7,10 @@ import importlib
 
 import pytest
 
+from gradtune import params as params_mod
 from gradtune import workloads
 from gradtune.errors import GradtuneError
-from gradtune.workloads import catalog, probes
+from gradtune.workloads import catalog
 from tests.workloads._helpers import CPU
 
 
@@ -28,7 +29,7 @@ def test_every_builtin_has_a_module_with_matching_options():
         assert catalog.resolve(schema, {}) == catalog.resolve(schema, dict(module.OPTIONS)) == module.OPTIONS
         # The module's build checks what it is given against that schema.
         with pytest.raises(GradtuneError, match=f"workload.options.bogus: unknown option; known: {', '.join(schema)}$"):
-            module.build({"bogus": 1}, probes.DEFAULT_PARAMS, 0, CPU)
+            module.build({"bogus": 1}, params_mod.defaults(), 0, CPU)
 
 
 @pytest.mark.parametrize("options, message", [

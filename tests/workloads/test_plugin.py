@@ -12,10 +12,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from gradtune import params as params_mod
 from gradtune import spec as spec_mod
 from gradtune import trial, workloads
 from gradtune.errors import GradtuneError
-from gradtune.workloads import base, plugin, probes
+from gradtune.workloads import base, plugin
 from tests.workloads._helpers import CPU, ROOT
 
 HERE = __name__  # the plug-in factories below, imported as pytest imported this file
@@ -100,7 +101,7 @@ NOT_CALLABLE = 3
 
 
 def make(name, **params):
-    return workloads.build(f"{HERE}:{name}", {"width": 8}, {**probes.DEFAULT_PARAMS, **params}, 0, CPU)
+    return workloads.build(f"{HERE}:{name}", {"width": 8}, {**params_mod.defaults(), **params}, 0, CPU)
 
 
 def test_plugin_dict_with_datasets():

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from gradtune import params as params_mod
 from gradtune.workloads import base, probes
 
 
@@ -63,5 +64,5 @@ def test_make_overrides_the_trial_defaults_it_is_given():
     assert x.shape[0] == 5
     assert any(isinstance(m, nn.LayerNorm) for m in wl.model.modules())
     plain = probes.make("deep_mlp", {"depth": 1, "width": 8})  # the defaults: batch 64, no norm
-    assert next(plain.train_batches)[0].shape[0] == probes.DEFAULT_PARAMS["batch_size"] == 64
+    assert next(plain.train_batches)[0].shape[0] == params_mod.defaults()["batch_size"] == 64
     assert not any(isinstance(m, nn.LayerNorm) for m in plain.model.modules())
