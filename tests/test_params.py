@@ -11,7 +11,7 @@ import pytest
 
 from gradtune import clipping, params, trial
 from gradtune.spec import SweepSpec, load
-from gradtune.workloads import base
+from gradtune.workloads import layers
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,7 +53,7 @@ def test_each_name_list_is_what_its_implementation_implements():
     assert set(trial.OPTIMIZER_CLASSES) == set(params.OPTIMIZERS)
     assert {"none", *clipping.CLIPPERS} == set(params.CLIP_METHODS)
     for norm in params.NORMS:
-        base.norm_layer(norm, 8)  # raises on a norm it does not know
+        layers.norm_layer(norm, 8)  # raises on a norm it does not know
 
 
 def test_an_unknown_optimizer_is_a_spec_error():

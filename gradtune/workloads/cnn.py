@@ -21,16 +21,9 @@ import torch
 from torch import Tensor, nn
 
 from gradtune.workloads import datasets
-from gradtune.workloads.base import (
-    GAINS,
-    Batch,
-    Workload,
-    chunks,
-    conv_norm_layer,
-    scale_init,
-    shuffled_batches,
-)
+from gradtune.workloads.base import Batch, Workload, chunks, shuffled_batches
 from gradtune.workloads.catalog import BUILTIN, resolve
+from gradtune.workloads.layers import GAINS, conv_norm_layer, scale_init
 
 SCHEMA = BUILTIN["cnn"].options
 OPTIONS = BUILTIN["cnn"].defaults()

@@ -14,16 +14,9 @@ import torch
 from numpy.typing import ArrayLike
 from torch import Tensor, nn
 
-from gradtune.workloads.base import (
-    ACTIVATIONS,
-    GAINS,
-    Workload,
-    chunks,
-    norm_layer,
-    scale_init,
-    shuffled_batches,
-)
+from gradtune.workloads.base import Workload, chunks, shuffled_batches
 from gradtune.workloads.catalog import BUILTIN, resolve
+from gradtune.workloads.layers import ACTIVATIONS, GAINS, norm_layer, scale_init
 
 SCHEMA = BUILTIN["deep_mlp"].options
 OPTIONS = BUILTIN["deep_mlp"].defaults()

@@ -39,7 +39,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from gradtune.errors import GradtuneError
-from gradtune.workloads.base import Batch, Workload, rescale_init
+from gradtune.workloads.base import Batch, Workload
+from gradtune.workloads.layers import rescale_init
 
 # What a factory may ask for, by parameter name.
 ARGUMENTS = ("options", "params", "seed", "device", "init_scale", "norm", "batch_size")

@@ -18,9 +18,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gradtune.workloads.base import GAINS, Workload, chunks, norm_layer, scale_init, shuffled_batches
+from gradtune.workloads.base import Workload, chunks, shuffled_batches
 from gradtune.workloads.catalog import BUILTIN, resolve
 from gradtune.workloads.deep_mlp import digits
+from gradtune.workloads.layers import GAINS, norm_layer, scale_init
 
 SCHEMA = BUILTIN["resmlp"].options
 OPTIONS = BUILTIN["resmlp"].defaults()

@@ -21,8 +21,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gradtune.workloads.base import GAINS, Batch, Workload, chunks, norm_layer, scale_init
+from gradtune.workloads.base import Batch, Workload, chunks
 from gradtune.workloads.catalog import BUILTIN, resolve
+from gradtune.workloads.layers import GAINS, norm_layer, scale_init
 
 SCHEMA = BUILTIN["rnn_adding"].options
 OPTIONS = BUILTIN["rnn_adding"].defaults()

@@ -23,8 +23,9 @@ import torch
 from torch import Tensor, nn
 
 from gradtune.errors import GradtuneError
-from gradtune.workloads.base import Batch, Workload, chunks, scale_init, token_norm_layer
+from gradtune.workloads.base import Batch, Workload, chunks
 from gradtune.workloads.catalog import BUILTIN, resolve
+from gradtune.workloads.layers import scale_init, token_norm_layer
 
 SCHEMA = BUILTIN["transformer"].options
 OPTIONS = BUILTIN["transformer"].defaults()

@@ -15,7 +15,7 @@ from torch import nn
 from gradtune import spec as spec_mod
 from gradtune import workloads
 from gradtune.errors import GradtuneError
-from gradtune.workloads import base
+from gradtune.workloads import layers
 from tests.workloads._helpers import NORMS, ROOT, SMALL, build, one_step
 
 
@@ -41,7 +41,7 @@ def test_every_norm_works_in_every_builtin(name, norm):
     if norm != "none":
         assert any(
             isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm,
-                           base.ChannelRMSNorm))
+                           layers.ChannelRMSNorm))
             for m in wl.model.modules()
         )
     assert math.isfinite(one_step(wl))
