@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from gradtune import spec as spec_mod
 from gradtune.errors import GradtuneError
+from gradtune.interrupt import Interrupted
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +48,17 @@ def _check_workload(spec: spec_mod.SweepSpec) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    spec = spec_mod.load(args.spec, _sweep_overrides(args))
-    _check_workload(spec)
+    """Run (or with ``--resume`` continue) a sweep. Exit 0 when it ran to the end, 128 +
+    the signal (130 Ctrl-C, 143 SIGTERM) when a signal stopped it: resumable."""
+    if args.resume is not None:
+        given = [flag for flag, value in (("SPEC", args.spec), ("--set", args.set), ("--trials", args.trials),
+                                          ("--experiment", args.experiment), ("--storage", args.storage))
+                 if value]
+        if given:
+            raise GradtuneError(f"--resume continues a sweep as it was started; {given[0]} cannot change it")
+    else:
+        spec = spec_mod.load(args.spec, _sweep_overrides(args))
+        _check_workload(spec)
     if args.address is None and os.environ.get("RAY_ADDRESS", "") in ("", "local"):
         # A Ray of the sweep's own stays on loopback: on Linux, Ray advertises the routable
         # IP and listens on every interface unless this is 0. Ray reads it on import.
@@ -55,9 +66,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     # Imported here: validate/ui must not pay for torch and Ray.
     from gradtune import report, sweep
 
-    result = sweep.run(spec, address=args.address)
+    try:
+        if args.resume is not None:
+            result = sweep.resume(args.resume, address=args.address, tracking_uri=args.tracking_uri)
+        else:
+            result = sweep.run(spec, address=args.address)
+    except Interrupted as exc:
+        print(f"gradtune: stopped at once by {signal.Signals(exc.signum).name}; "
+              "runs in flight are marked KILLED", file=sys.stderr)
+        return 128 + exc.signum
     print(report.summary(result))
-    return 0
+    return 0 if result.interrupted is None else 128 + result.interrupted
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -108,6 +127,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--experiment", help="MLflow experiment (default: the spec's name)")
     s.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else local)")
     s.add_argument("--storage", help="Ray Tune storage path or URI for trial results")
+    s.add_argument("--resume", metavar="PATH",
+                   help="continue an interrupted sweep from its folder (printed when it stopped)")
     s.set_defaults(func=cmd_sweep)
 
     v = sub.add_parser("validate", help="check a spec without running it")

@@ -42,6 +42,10 @@ class Outcome(str, Enum):
 
 OUTCOMES: tuple[str, ...] = tuple(o.value for o in Outcome)
 
+# Not an outcome: the tag of a run stopped in flight by Ctrl-C or SIGTERM (status KILLED).
+# ``gradtune sweep --resume`` continues it, and it then ends with its outcome.
+INTERRUPTED = "interrupted"
+
 # Keys of a trial's report that describe the report rather than measure training.
 STEP = "step"  # the training step the report is for
 FINAL = "final"  # 1 on the last report of a trial that ran its whole budget (or stopped on a verdict)
@@ -137,6 +141,15 @@ class Ledger:
     verdicts: dict[str, Verdict] = field(default_factory=dict)
     records: dict[str, TrialRecord] = field(default_factory=dict)
     numbers: dict[str, int] = field(default_factory=dict)
+
+    def update(self, other: Ledger) -> None:
+        """Take in what ``other`` knows (a ledger restored from an experiment checkpoint)."""
+        for trial_id in sorted(other.numbers, key=other.numbers.__getitem__):
+            self.number(trial_id)
+        for trial_id, verdict in other.verdicts.items():
+            self.judge(trial_id, verdict)
+        for trial_id, record in other.records.items():
+            self.records.setdefault(trial_id, record)
 
     def number(self, trial_id: str) -> int:
         """The trial's number: the order in which trials were first seen (suggestion order)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import signal
 from typing import Any
 
 from gradtune.outcome import Outcome
@@ -40,6 +41,10 @@ def summary(result: SweepResult) -> str:
                      + ", ".join(f"{k}={_fmt(v)}" for k, v in shown.items()))
         lines.append("    " + ", ".join(f"{k}={_fmt(v)}" for k, v in best.params.items()))
         lines.append(f"    MLflow run {result.runs.get(best.trial_id)}")
+    if result.interrupted is not None:
+        lines.append(f"  stopped by {signal.Signals(result.interrupted).name}: unfinished trials are saved; "
+                     "continue with:")
+        lines.append(f"    python -m gradtune sweep --resume {shlex.quote(result.storage)}")
     uri = result.tracking_uri
     ui = uri if uri.startswith(("http://", "https://")) else (
         f"python -m gradtune ui --tracking-uri {shlex.quote(uri)}")

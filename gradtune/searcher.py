@@ -56,6 +56,14 @@ class DivergenceAwareSearch(OptunaSearch):
         self.ledger = ledger if ledger is not None else Ledger()
         self._worst: float | None = None
 
+    def restore(self, checkpoint_path: str) -> None:
+        """Tune's resume: the study comes back from the checkpoint; the ledger stays the
+        sweep's live one (shared with the scheduler and tracking) and takes in the saved."""
+        live = self.ledger
+        super().restore(checkpoint_path)
+        live.update(self.ledger)
+        self.ledger = live
+
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         value = result.get(self._metric)  # type: ignore[arg-type]
         if isinstance(value, (int, float)) and math.isfinite(value):

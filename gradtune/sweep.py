@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -11,6 +12,7 @@ from typing import Any
 from gradtune import scheduler as sched
 from gradtune import searcher, tracking, trial
 from gradtune.errors import GradtuneError
+from gradtune.interrupt import Interrupt
 from gradtune.outcome import Ledger, TrialRecord
 from gradtune.spec import SweepSpec
 
@@ -20,7 +22,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class SweepResult:
     """What a sweep produced: the ledger of outcomes (as logged to MLflow), the MLflow run
-    of each trial (``runs``: trial id -> run id) and where it all is."""
+    of each trial (``runs``: trial id -> run id) and where it all is (``storage``: the Tune
+    experiment folder, which ``gradtune sweep --resume`` takes)."""
 
     spec: SweepSpec
     tracking_uri: str
@@ -30,6 +33,7 @@ class SweepResult:
     ledger: Ledger = field(default_factory=Ledger)
     runs: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    interrupted: int | None = None  # the signal that stopped the sweep early, if one did
 
     @property
     def trials(self) -> list[TrialRecord]:
@@ -51,7 +55,38 @@ def run(spec: SweepSpec, address: str | None = None, search: Any = None, verbose
 
     ``search`` replaces gradtune's searcher with any Tune ``Searcher`` (the benchmarks
     compare against Ray's plain ``OptunaSearch`` this way); it runs ``search.trials``.
-    ``verbose`` is Tune's: 1 prints the progress table, 0 stays quiet."""
+    ``verbose`` is Tune's: 1 prints the progress table, 0 stays quiet.
+
+    Ctrl-C or SIGTERM stops the sweep (see :class:`Interrupt`); the result then says so
+    (``interrupted``), and :func:`resume` continues it."""
+    name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path = os.path.join(_storage(spec.storage) or os.path.expanduser("~/ray_results"), name)
+    return _execute(spec, path, None, address, search, verbose)
+
+
+def resume(target: str, address: str | None = None, tracking_uri: str | None = None,
+           verbose: int = 1) -> SweepResult:
+    """Continue the interrupted sweep whose Tune experiment folder is ``target`` (printed
+    when a sweep stops early): finished trials are not rerun, unfinished ones continue from
+    their last checkpoint, the searcher keeps its history, and MLflow continues the same
+    parent and child runs. ``tracking_uri`` replaces the one recorded (which had any
+    credentials removed)."""
+    path = os.path.abspath(os.path.expanduser(target))
+    try:
+        with open(os.path.join(path, MANIFEST)) as f:
+            manifest = json.load(f)
+    except OSError as exc:
+        raise GradtuneError(f"--resume {target}: not a gradtune sweep folder ({exc.strerror})") from None
+    spec = SweepSpec.model_validate(manifest["spec"])
+    if tracking_uri is not None:
+        spec = spec.model_copy(update={"tracking": spec.tracking.model_copy(update={"uri": tracking_uri})})
+    return _execute(spec, path, manifest["parent_run_id"], address, None, verbose)
+
+
+def _execute(spec: SweepSpec, path: str, parent_id: str | None, address: str | None,
+             search: Any, verbose: int) -> SweepResult:
+    """One sweep into the Tune experiment folder ``path``: a new one, or with
+    ``parent_id`` the resumption of the sweep there."""
     import ray
     from ray import tune
 
@@ -60,15 +95,18 @@ def run(spec: SweepSpec, address: str | None = None, search: Any = None, verbose
     ledger = Ledger()  # what happened to each trial: the scheduler writes, the others read
     tracker = tracking.MLflowTracking(spec, uri, spec.experiment, ledger)
     try:
-        parent = tracker.start()
+        parent = tracker.start() if parent_id is None else tracker.reopen(parent_id)
     except Exception as exc:  # a bad URI or an unreachable server: say so in one line
         raise GradtuneError(f"tracking.uri {uri}: cannot start the MLflow run ({exc})") from None
 
     own_ray = not ray.is_initialized()
     status = "FAILED"
+    interrupt = Interrupt()
     try:
+        interrupt.install()
         if own_ray:
             _init_ray(address)
+            interrupt.install()  # again: ray.init replaced the SIGTERM handler
         _check_resources(spec, ray.nodes())
         scheduler = sched.DivergenceScheduler(spec, ledger=ledger)
         own_search, num_trials = searcher.make(spec, ledger)
@@ -77,37 +115,70 @@ def run(spec: SweepSpec, address: str | None = None, search: Any = None, verbose
             tune.with_parameters(trial.trainable, spec_data=spec.model_dump(mode="json")),
             {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
         )
-        storage = _storage(spec.storage)
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                search_alg=search,
-                scheduler=scheduler,
-                metric=spec.search.metric,
-                mode=spec.search.mode,
-                num_samples=num_trials,
-                max_concurrent_trials=spec.search.max_concurrent,
-                reuse_actors=True,
-            ),
-            run_config=tune.RunConfig(
-                name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-                storage_path=storage,
-                callbacks=[tracker],
-                failure_config=tune.FailureConfig(max_failures=0),
-                verbose=verbose,
-            ),
-        )
-        tuner.fit()
-        status = "FINISHED"
+        if parent_id is None:
+            _write_manifest(path, spec, parent)
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    search_alg=search,
+                    scheduler=scheduler,
+                    metric=spec.search.metric,
+                    mode=spec.search.mode,
+                    num_samples=num_trials,
+                    max_concurrent_trials=spec.search.max_concurrent,
+                    reuse_actors=True,
+                ),
+                run_config=tune.RunConfig(
+                    name=os.path.basename(path),
+                    storage_path=os.path.dirname(path),
+                    callbacks=[tracker],
+                    failure_config=tune.FailureConfig(max_failures=0),
+                    verbose=verbose,
+                ),
+            )
+        else:
+            tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+            _rewire(tuner, search, scheduler, tracker)
+        with interrupt.tuning():
+            tuner.fit()
+        status = "KILLED" if interrupt.signum else "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"  # a signal outside Tune's run, or a second one: no graceful stop
+        raise
     finally:
+        interrupt.uninstall()
         tracker.finish(status)
         if own_ray and ray.is_initialized():
             ray.shutdown()
     return SweepResult(
         spec=spec, tracking_uri=uri, experiment=spec.experiment, parent_run_id=parent,
-        storage=storage or "~/ray_results", ledger=ledger, runs=tracker.runs,
-        seconds=time.monotonic() - started,
+        storage=path, ledger=ledger, runs=tracker.runs,
+        seconds=time.monotonic() - started, interrupted=interrupt.signum,
     )
+
+
+MANIFEST = "gradtune-sweep.json"  # in the Tune experiment folder: what --resume needs
+
+
+def _write_manifest(path: str, spec: SweepSpec, parent_id: str) -> None:
+    """The spec (tracking URI without credentials) and the parent run id, beside Tune's
+    own experiment state."""
+    os.makedirs(path, exist_ok=True)
+    safe = spec.model_copy(update={"tracking": spec.tracking.model_copy(
+        update={"uri": tracking.redact(spec.tracking.uri)})})
+    with open(os.path.join(path, MANIFEST), "w") as f:
+        json.dump({"spec": safe.model_dump(mode="json"), "parent_run_id": parent_id}, f, indent=2)
+
+
+def _rewire(tuner: Any, search: Any, scheduler: Any, tracker: Any) -> None:
+    """Put this process's searcher, scheduler and tracking callback in place of the copies
+    ``Tuner.restore`` unpickled from the folder, so the three share one live ledger and
+    tracking holds the real URI; Tune then loads the saved searcher and callback state into
+    them. Ray has no public setter for these: this is the one place that reaches inside."""
+    internal = tuner._local_tuner
+    internal._tune_config.search_alg = search
+    internal._tune_config.scheduler = scheduler
+    internal._run_config.callbacks = [tracker]
 
 
 def _storage(path: str | None) -> str | None:

@@ -90,6 +90,9 @@ class MLflowTracking(Callback):
         self.buffers: dict[str, list[Metric]] = {}
         self.last_flush: dict[str, float] = {}
         self.ended: set[str] = set()  # trial ids whose run is terminated
+        # trial id -> last training step logged; a resumed trial repeats the steps after
+        # its checkpoint, which are not logged twice.
+        self.logged_step: dict[str, int] = {}
 
     # ----------------------------------------------------------------- sweep level
     def start(self) -> str:
@@ -114,9 +117,39 @@ class MLflowTracking(Callback):
         self.client.log_text(self.parent_id, spec_mod.dump(logged), "spec.yaml")
         return self.parent_id
 
+    def reopen(self, parent_id: str) -> str:
+        """Continue the sweep of parent run ``parent_id`` (``gradtune sweep --resume``): the
+        parent is RUNNING again, and each trial that already has a child run (found by its
+        ``gradtune.trial_id`` tag) continues that run from the last step it logged."""
+        self.client = MlflowClient(tracking_uri=self.tracking_uri)
+        parent = self.client.get_run(parent_id)
+        self.parent_id, self.experiment_id = parent_id, parent.info.experiment_id
+        self.client.update_run(parent_id, status="RUNNING")
+        children = self.client.search_runs(
+            [self.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'", max_results=50000)
+        for run in children:
+            trial_id = run.data.tags.get("gradtune.trial_id")
+            if trial_id is None:
+                continue
+            self.runs[trial_id] = run.info.run_id
+            if run.data.tags.get("gradtune.outcome", outcome.INTERRUPTED) != outcome.INTERRUPTED:
+                self.ended.add(trial_id)
+            else:
+                steps = [m.step for m in self.client.get_metric_history(run.info.run_id, "grad_norm")]
+                self.logged_step[trial_id] = max(steps, default=0)
+        return parent_id
+
     def finish(self, status: str = "FINISHED") -> None:
+        """End the sweep: counts and summary on the parent, which ends with ``status``.
+        Child runs still open (trials stopped in flight by an interrupt) end KILLED, tagged
+        ``gradtune.outcome=interrupted``: a resumed sweep continues them."""
         if self.client is None or self.parent_id is None:
             return
+        for trial_id, run_id in self.runs.items():
+            if trial_id not in self.ended:
+                self._flush(trial_id)
+                self.client.set_tag(run_id, "gradtune.outcome", outcome.INTERRUPTED)
+                self.client.set_terminated(run_id, status="KILLED")
         counts = self.ledger.counts()
         metrics = [Metric(f"trials_{o}", float(n), _now(), 0) for o, n in counts.items()]
         self.client.log_batch(self.parent_id, metrics=metrics)
@@ -128,6 +161,11 @@ class MLflowTracking(Callback):
     # ----------------------------------------------------------------- trial level
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         assert self.client is not None and self.parent_id is not None
+        if trial.trial_id in self.runs:  # a resumed trial continues its run
+            self.client.update_run(self.runs[trial.trial_id], status="RUNNING")
+            self.buffers.setdefault(trial.trial_id, [])
+            self.last_flush[trial.trial_id] = time.monotonic()
+            return
         params = trial_params(self.spec, trial.config)
         run = self.client.create_run(
             self.experiment_id,  # type: ignore[arg-type]
@@ -153,6 +191,10 @@ class MLflowTracking(Callback):
             return
         if result.get("training_iteration") == 1 and result.get(outcome.NODE_ID):
             self.client.set_tag(run_id, "gradtune.node_id", result[outcome.NODE_ID])
+        step = int(result.get(outcome.STEP, 0))
+        if step <= self.logged_step.get(trial.trial_id, 0):
+            return  # logged before the sweep was interrupted
+        self.logged_step[trial.trial_id] = step
         buf = self.buffers[trial.trial_id]
         buf.extend(metrics_of(result, _now()))
         if len(buf) >= BATCH or time.monotonic() - self.last_flush[trial.trial_id] > FLUSH_SECONDS:
@@ -174,6 +216,15 @@ class MLflowTracking(Callback):
                                  trial.last_result, errored)
         self.client.log_batch(run_id, tags=end_tags(record))
         self.client.set_terminated(run_id, status=RUN_STATUS[record.outcome])
+
+    # ----------------------------------------------------------------- Tune's experiment checkpoint
+    def get_state(self) -> dict[str, Any]:
+        """Saved with Tune's experiment state, so ``--resume`` knows how trials ended."""
+        return {"ledger": self.ledger, "ended": set(self.ended)}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.ledger.update(state["ledger"])
+        self.ended |= state["ended"]
 
     def _flush(self, trial_id: str) -> None:
         buf = self.buffers.get(trial_id)

@@ -9,7 +9,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "gradtune"
 
 FLOORS = [
-    {"errors", "outcome"},
+    {"errors", "outcome", "interrupt"},
     {"params"},
     {"spec"},
     {"signals", "search_space", "workloads", "clipping", "telemetry", "precision", "feasibility"},
