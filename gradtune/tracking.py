@@ -93,6 +93,7 @@ class MLflowTracking(Callback):
         # trial id -> last training step logged; a resumed trial repeats the steps after
         # its checkpoint, which are not logged twice.
         self.logged_step: dict[str, int] = {}
+        self.reopened: dict[str, dict[str, str]] = {}  # trial id -> params of its run, on resume
 
     # ----------------------------------------------------------------- sweep level
     def start(self) -> str:
@@ -131,12 +132,12 @@ class MLflowTracking(Callback):
             trial_id = run.data.tags.get("gradtune.trial_id")
             if trial_id is None:
                 continue
+            # Which trials ended is Tune's saved state (set_state), not these tags: a trial
+            # that ended after Tune's last experiment checkpoint runs again.
             self.runs[trial_id] = run.info.run_id
-            if run.data.tags.get("gradtune.outcome", outcome.INTERRUPTED) != outcome.INTERRUPTED:
-                self.ended.add(trial_id)
-            else:
-                steps = [m.step for m in self.client.get_metric_history(run.info.run_id, "grad_norm")]
-                self.logged_step[trial_id] = max(steps, default=0)
+            self.reopened[trial_id] = dict(run.data.params)
+            steps = [m.step for m in self.client.get_metric_history(run.info.run_id, "grad_norm")]
+            self.logged_step[trial_id] = max(steps, default=0)
         return parent_id
 
     def finish(self, status: str = "FINISHED") -> None:
@@ -161,12 +162,12 @@ class MLflowTracking(Callback):
     # ----------------------------------------------------------------- trial level
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         assert self.client is not None and self.parent_id is not None
-        if trial.trial_id in self.runs:  # a resumed trial continues its run
+        params = trial_params(self.spec, trial.config)
+        if self._continues(trial.trial_id, params):  # a resumed trial continues its run
             self.client.update_run(self.runs[trial.trial_id], status="RUNNING")
             self.buffers.setdefault(trial.trial_id, [])
             self.last_flush[trial.trial_id] = time.monotonic()
             return
-        params = trial_params(self.spec, trial.config)
         run = self.client.create_run(
             self.experiment_id,  # type: ignore[arg-type]
             run_name=run_name(params),
@@ -216,6 +217,21 @@ class MLflowTracking(Callback):
                                  trial.last_result, errored)
         self.client.log_batch(run_id, tags=end_tags(record))
         self.client.set_terminated(run_id, status=RUN_STATUS[record.outcome])
+
+    def _continues(self, trial_id: str, params: dict[str, Any]) -> bool:
+        """Whether the trial's run exists from before a resume, with these params. A run of
+        the same trial id with other params is one the crashed driver started after Tune's
+        last checkpoint (its trial was lost): it ends KILLED, and this trial gets a new run."""
+        logged = self.reopened.pop(trial_id, None)
+        if logged is None:
+            return trial_id in self.runs
+        if logged == {k: _param_value(v) for k, v in params.items()}:
+            return True
+        assert self.client is not None
+        self.client.set_tag(self.runs[trial_id], "gradtune.outcome", outcome.INTERRUPTED)
+        self.client.set_terminated(self.runs.pop(trial_id), status="KILLED")
+        self.logged_step.pop(trial_id, None)
+        return False
 
     # ----------------------------------------------------------------- Tune's experiment checkpoint
     def get_state(self) -> dict[str, Any]:

@@ -52,6 +52,8 @@ def sweep_args(tmp: Path) -> list[str]:
 
 
 def runs(tmp: Path) -> list:
+    if not list((tmp / "results").glob("*/gradtune-sweep.json")):
+        return []  # the driver is still creating the store: reading now would race it
     client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
     exp = client.get_experiment_by_name("quickstart")
     return [] if exp is None else client.search_runs([exp.experiment_id], max_results=1000)
@@ -122,3 +124,39 @@ def test_a_signal_stops_the_sweep_killed_and_resumable(tmp_path, sig, code):
         assert steps == sorted(set(steps)), (kid.data.tags["gradtune.trial_id"], steps)
         assert kid.info.status in {"FINISHED", "KILLED"}
     assert "trials in" in out
+
+
+@pytest.mark.e2e
+def test_a_killed_driver_is_resumed_without_rerunning_or_duplicating(tmp_path):
+    """``kill -9`` of the driver leaves RUNNING runs and no summary; ``--resume`` continues
+    the same parent, does not rerun a trial Tune had saved as finished, and ends every run."""
+    proc, log = start(tmp_path, *sweep_args(tmp_path))
+    deadline, done, folder = time.monotonic() + 300, None, None
+    while time.monotonic() < deadline and done is None:
+        assert proc.poll() is None, tail(log)
+        finished = [r for r in runs(tmp_path) if r.data.tags.get("gradtune.outcome") in {"completed", "diverged"}]
+        states = sorted((tmp_path / "results").glob("*/experiment_state-*.json"))
+        if finished and states and states[-1].stat().st_mtime * 1000 > finished[0].info.end_time + 1000:
+            done, folder = finished[0], states[-1].parent
+        time.sleep(0.5)
+    assert done is not None, tail(log)
+    os.kill(proc.pid, signal.SIGKILL)
+    finish(proc, log)
+    assert any(r.info.status == "RUNNING" for r in runs(tmp_path))  # what a crash leaves
+
+    proc, log = start(tmp_path, "--resume", str(folder), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    rc, out = finish(proc, log, timeout=600)
+    assert rc == 0, out[-3000:]
+    everything = runs(tmp_path)
+    assert [r.info.status for r in everything if r.info.status == "RUNNING"] == []
+    (parent,) = [r for r in everything if r.data.tags.get("gradtune.role") == "sweep"]
+    assert parent.info.status == "FINISHED"
+    kids = {r.data.tags["gradtune.trial_id"]: r for r in everything if r.data.tags.get("gradtune.role") == "trial"}
+    live = [k for k in kids.values() if k.data.tags["gradtune.outcome"] != "interrupted"]
+    assert len(live) == TRIALS
+    again = kids[done.data.tags["gradtune.trial_id"]]
+    assert again.info.end_time == done.info.end_time  # not rerun
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for kid in live:
+        steps = [m.step for m in client.get_metric_history(kid.info.run_id, "train_loss")]
+        assert steps == sorted(set(steps)), steps
