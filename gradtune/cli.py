@@ -66,11 +66,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     # Imported here: validate/ui must not pay for torch and Ray.
     from gradtune import report, sweep
 
+    verbose = 1 if args.verbose else 0  # Ray Tune's table only when asked; our lines always
     try:
         if args.resume is not None:
-            result = sweep.resume(args.resume, address=args.address, tracking_uri=args.tracking_uri)
+            result = sweep.resume(args.resume, address=args.address, tracking_uri=args.tracking_uri,
+                                  verbose=verbose, progress=sys.stdout)
         else:
-            result = sweep.run(spec, address=args.address)
+            result = sweep.run(spec, address=args.address, verbose=verbose, progress=sys.stdout)
     except Interrupted as exc:
         print(f"gradtune: stopped at once by {signal.Signals(exc.signum).name}; "
               "runs in flight are marked KILLED", file=sys.stderr)
@@ -127,6 +129,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--experiment", help="MLflow experiment (default: the spec's name)")
     s.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else local)")
     s.add_argument("--storage", help="Ray Tune storage path or URI for trial results")
+    s.add_argument("-v", "--verbose", action="store_true", help="also print Ray Tune's progress table")
     s.add_argument("--resume", metavar="PATH",
                    help="continue an interrupted sweep from its folder (printed when it stopped)")
     s.set_defaults(func=cmd_sweep)

@@ -7,13 +7,14 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TextIO
 
 from gradtune import scheduler as sched
 from gradtune import searcher, tracking, trial
 from gradtune.errors import GradtuneError
 from gradtune.interrupt import Interrupt
 from gradtune.outcome import Ledger, TrialRecord
+from gradtune.progress import Progress
 from gradtune.spec import SweepSpec
 
 log = logging.getLogger(__name__)
@@ -48,24 +49,26 @@ class SweepResult:
         return self.ledger.best(self.spec.search.metric, self.spec.search.mode)
 
 
-def run(spec: SweepSpec, address: str | None = None, search: Any = None, verbose: int = 1) -> SweepResult:
+def run(spec: SweepSpec, address: str | None = None, search: Any = None, verbose: int = 1,
+        progress: TextIO | None = None) -> SweepResult:
     """Run the sweep described by ``spec``; ``address`` joins an existing Ray cluster
     (else ``RAY_ADDRESS``, else a local Ray). Reuses an already initialised Ray session
     and leaves it running; shuts down only a Ray it started itself.
 
     ``search`` replaces gradtune's searcher with any Tune ``Searcher`` (the benchmarks
     compare against Ray's plain ``OptunaSearch`` this way); it runs ``search.trials``.
-    ``verbose`` is Tune's: 1 prints the progress table, 0 stays quiet.
+    ``verbose`` is Tune's: 1 prints the progress table, 0 stays quiet. ``progress``, a text
+    stream, gets one line per finished trial (:mod:`gradtune.progress`).
 
     Ctrl-C or SIGTERM stops the sweep (see :class:`Interrupt`); the result then says so
     (``interrupted``), and :func:`resume` continues it."""
     name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     path = os.path.join(_storage(spec.storage) or os.path.expanduser("~/ray_results"), name)
-    return _execute(spec, path, None, address, search, verbose)
+    return _execute(spec, path, None, address, search, verbose, progress)
 
 
 def resume(target: str, address: str | None = None, tracking_uri: str | None = None,
-           verbose: int = 1) -> SweepResult:
+           verbose: int = 1, progress: TextIO | None = None) -> SweepResult:
     """Continue the interrupted sweep whose Tune experiment folder is ``target`` (printed
     when a sweep stops early): finished trials are not rerun, unfinished ones continue from
     their last checkpoint, the searcher keeps its history, and MLflow continues the same
@@ -80,11 +83,11 @@ def resume(target: str, address: str | None = None, tracking_uri: str | None = N
     spec = SweepSpec.model_validate(manifest["spec"])
     if tracking_uri is not None:
         spec = spec.model_copy(update={"tracking": spec.tracking.model_copy(update={"uri": tracking_uri})})
-    return _execute(spec, path, manifest["parent_run_id"], address, None, verbose)
+    return _execute(spec, path, manifest["parent_run_id"], address, None, verbose, progress)
 
 
 def _execute(spec: SweepSpec, path: str, parent_id: str | None, address: str | None,
-             search: Any, verbose: int) -> SweepResult:
+             search: Any, verbose: int, progress: TextIO | None) -> SweepResult:
     """One sweep into the Tune experiment folder ``path``: a new one, or with
     ``parent_id`` the resumption of the sweep there."""
     import ray
@@ -115,6 +118,9 @@ def _execute(spec: SweepSpec, path: str, parent_id: str | None, address: str | N
             tune.with_parameters(trial.trainable, spec_data=spec.model_dump(mode="json")),
             {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
         )
+        callbacks: list[Any] = [tracker]
+        if progress is not None:
+            callbacks.append(Progress(spec, ledger, num_trials, progress))
         if parent_id is None:
             _write_manifest(path, spec, parent)
             tuner = tune.Tuner(
@@ -131,14 +137,14 @@ def _execute(spec: SweepSpec, path: str, parent_id: str | None, address: str | N
                 run_config=tune.RunConfig(
                     name=os.path.basename(path),
                     storage_path=os.path.dirname(path),
-                    callbacks=[tracker],
+                    callbacks=callbacks,
                     failure_config=tune.FailureConfig(max_failures=0),
                     verbose=verbose,
                 ),
             )
         else:
             tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
-            _rewire(tuner, search, scheduler, tracker)
+            _rewire(tuner, search, scheduler, callbacks, verbose)
         with interrupt.tuning():
             tuner.fit()
         status = "KILLED" if interrupt.signum else "FINISHED"
@@ -170,7 +176,7 @@ def _write_manifest(path: str, spec: SweepSpec, parent_id: str) -> None:
         json.dump({"spec": safe.model_dump(mode="json"), "parent_run_id": parent_id}, f, indent=2)
 
 
-def _rewire(tuner: Any, search: Any, scheduler: Any, tracker: Any) -> None:
+def _rewire(tuner: Any, search: Any, scheduler: Any, callbacks: list[Any], verbose: int) -> None:
     """Put this process's searcher, scheduler and tracking callback in place of the copies
     ``Tuner.restore`` unpickled from the folder, so the three share one live ledger and
     tracking holds the real URI; Tune then loads the saved searcher and callback state into
@@ -178,7 +184,8 @@ def _rewire(tuner: Any, search: Any, scheduler: Any, tracker: Any) -> None:
     internal = tuner._local_tuner
     internal._tune_config.search_alg = search
     internal._tune_config.scheduler = scheduler
-    internal._run_config.callbacks = [tracker]
+    internal._run_config.callbacks = callbacks
+    internal._run_config.verbose = verbose
 
 
 def _storage(path: str | None) -> str | None:

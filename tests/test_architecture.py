@@ -14,6 +14,7 @@ FLOORS = [
     {"spec"},
     {"signals", "search_space", "workloads", "clipping", "telemetry", "precision", "feasibility"},
     {"trial", "searcher", "scheduler", "tracking"},
+    {"progress"},
     {"sweep"},
     {"report"},
     {"cli"},

@@ -1,0 +1,39 @@
+"""One terminal line per finished trial, from the ledger's record (no Ray needed)."""
+
+from __future__ import annotations
+
+import io
+import math
+from types import SimpleNamespace
+
+from gradtune import progress
+from gradtune.outcome import Ledger, Verdict
+from gradtune.spec import SweepSpec
+
+KNOBS = {"norm": "none", "clip_method": "none", "init_scale": 3.2, "batch_size": 64}
+
+
+def test_lines_say_outcome_knobs_and_objective_or_reason():
+    ledger = Ledger()
+    ledger.judge("d", Verdict("loss is nan", 20))
+    diverged = ledger.end("d", KNOBS, {"step": 20, "final": 1, "val_loss": math.nan})
+    assert progress.line(diverged, 3, 24, "val_loss") == (
+        "[ 3/24] diverged   norm=none clip=none init=3.2 bs=64  at step 20: loss is nan")
+    done = ledger.end("c", KNOBS, {"step": 300, "final": 1, "val_loss": 0.14932})
+    assert progress.line(done, 4, 24, "val_loss").endswith("completed  norm=none clip=none init=3.2 bs=64  val_loss=0.1493")
+    pruned = ledger.end("p", KNOBS, {"step": 30, "final": 0, "val_loss": math.inf})
+    assert progress.line(pruned, 5, 24, "val_loss").endswith("val_loss=inf at step 30")
+    failed = ledger.end("f", KNOBS, None, errored=True)
+    assert progress.line(failed, 6, 24, "val_loss").endswith("failed     norm=none clip=none init=3.2 bs=64  val_loss=-")
+
+
+def test_the_callback_writes_each_trial_once():
+    out = io.StringIO()
+    ledger = Ledger()
+    cb = progress.Progress(SweepSpec(), ledger, 2, out)
+    trial = SimpleNamespace(trial_id="a", config={"norm": "layer"}, last_result={"step": 300, "final": 1, "val_loss": 0.2})
+    cb.on_trial_complete(0, [], trial)
+    cb.on_trial_complete(0, [], trial)
+    assert out.getvalue().count("\n") == 1 and out.getvalue().startswith("[1/2] completed")
+    assert ledger.records["a"].params["norm"] == "layer"
+    assert "stream" in cb.__getstate__() and cb.__getstate__()["stream"] is None
