@@ -9,10 +9,11 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "gradtune"
 
 FLOORS = [
-    {"errors", "outcome"},
+    {"errors", "outcome", "spool"},
     {"params"},
     {"spec"},
-    {"signals", "search_space", "workloads", "clipping", "telemetry", "precision", "feasibility"},
+    {"signals", "search_space", "workloads", "clipping", "telemetry", "precision", "feasibility",
+     "writer"},
     {"trial", "searcher", "scheduler", "tracking"},
     {"sweep"},
     {"report"},
