@@ -14,8 +14,9 @@ def _fmt(value: Any) -> str:
 
 
 def summary(result: SweepResult) -> str:
-    """Counts per outcome, the best trial's hyperparameters and metrics, and the command
-    that opens the MLflow UI on the store the sweep wrote."""
+    """Counts per outcome, the best trial's hyperparameters and metrics, the command that
+    opens the MLflow UI on the store the sweep wrote, and, when the MLflow server was down
+    at the end, how many records wait in the spool and the command that sends them."""
     spec = result.spec
     counts = result.counts()
     trials = result.trials
@@ -39,7 +40,7 @@ def summary(result: SweepResult) -> str:
         lines.append(f"  best trial ({metric} {spec.search.mode}): "
                      + ", ".join(f"{k}={_fmt(v)}" for k, v in shown.items()))
         lines.append("    " + ", ".join(f"{k}={_fmt(v)}" for k, v in best.params.items()))
-        lines.append(f"    MLflow run {result.runs.get(best.trial_id)}")
+        lines.append(f"    MLflow run {result.runs.get(best.trial_id, 'not created yet (see below)')}")
     uri = result.tracking_uri
     ui = uri if uri.startswith(("http://", "https://")) else (
         f"python -m gradtune ui --tracking-uri {shlex.quote(uri)}")
@@ -47,4 +48,10 @@ def summary(result: SweepResult) -> str:
         f"  MLflow: experiment '{result.experiment}', parent run {result.parent_run_id}",
         f"  open the UI: {ui}",
     ]
+    if result.pending:
+        lines += [
+            f"  MLflow: {result.pending} records not sent (the server did not answer); they are in",
+            f"    {result.spool}; send them with:",
+            f"    python -m gradtune sync {shlex.quote(str(result.spool))} --tracking-uri {shlex.quote(uri)}",
+        ]
     return "\n".join(lines)

@@ -13,6 +13,7 @@ from gradtune import searcher, tracking, trial
 from gradtune.errors import GradtuneError
 from gradtune.outcome import Ledger, TrialRecord
 from gradtune.spec import SweepSpec
+from gradtune.spool import SPOOL_NAME
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,8 @@ class SweepResult:
     ledger: Ledger = field(default_factory=Ledger)
     runs: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    pending: int = 0  # MLflow records not sent when the sweep ended: they are in ``spool``
+    spool: str | None = None
 
     @property
     def trials(self) -> list[TrialRecord]:
@@ -57,8 +60,11 @@ def run(spec: SweepSpec, address: str | None = None, search: Any = None, verbose
 
     started = time.monotonic()
     uri = tracking.resolve_uri(spec.tracking.uri)
+    name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    storage = _storage(spec.storage)
+    spool = _spool(storage, name)
     ledger = Ledger()  # what happened to each trial: the scheduler writes, the others read
-    tracker = tracking.MLflowTracking(spec, uri, spec.experiment, ledger)
+    tracker = tracking.MLflowTracking(spec, uri, spec.experiment, ledger, spool=spool)
     try:
         parent = tracker.start()
     except Exception as exc:  # a bad URI or an unreachable server: say so in one line
@@ -77,7 +83,6 @@ def run(spec: SweepSpec, address: str | None = None, search: Any = None, verbose
             tune.with_parameters(trial.trainable, spec_data=spec.model_dump(mode="json")),
             {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
         )
-        storage = _storage(spec.storage)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
@@ -90,7 +95,7 @@ def run(spec: SweepSpec, address: str | None = None, search: Any = None, verbose
                 reuse_actors=True,
             ),
             run_config=tune.RunConfig(
-                name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                name=name,
                 storage_path=storage,
                 callbacks=[tracker],
                 failure_config=tune.FailureConfig(max_failures=0),
@@ -100,13 +105,13 @@ def run(spec: SweepSpec, address: str | None = None, search: Any = None, verbose
         tuner.fit()
         status = "FINISHED"
     finally:
-        tracker.finish(status)
+        pending = tracker.finish(status)
         if own_ray and ray.is_initialized():
             ray.shutdown()
     return SweepResult(
         spec=spec, tracking_uri=uri, experiment=spec.experiment, parent_run_id=parent,
-        storage=storage or "~/ray_results", ledger=ledger, runs=tracker.runs,
-        seconds=time.monotonic() - started,
+        storage=storage or "~/ray_results", ledger=ledger, runs=tracker.run_ids(),
+        seconds=time.monotonic() - started, pending=pending, spool=spool if pending else None,
     )
 
 
@@ -114,6 +119,14 @@ def _storage(path: str | None) -> str | None:
     if path is None or "://" in path:
         return path
     return os.path.abspath(os.path.expanduser(path))
+
+
+def _spool(storage: str | None, name: str) -> str:
+    """Where MLflow records wait while the server is down: beside the sweep's Tune
+    experiment when its storage is a local path, else (a URI cannot be appended to) under
+    ``~/ray_results`` on the driver."""
+    root = storage if storage is not None and "://" not in storage else os.path.expanduser("~/ray_results")
+    return os.path.join(root, name, SPOOL_NAME)
 
 
 def _init_ray(address: str | None) -> None:
