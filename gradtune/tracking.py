@@ -145,7 +145,11 @@ class MLflowTracking(Callback):
         self.writer.put("text", self.parent_id, path="summary.json",
                         text=json.dumps(summary, indent=2, allow_nan=False))
         self.writer.put("end", self.parent_id, status=status, end_time=_now())
-        return self.writer.close(self.drain_s)
+        started = time.monotonic()
+        pending = self.writer.close(self.drain_s)
+        log.info("MLflow writer: drained in %.2fs; %d requests, %d records pending, %d dropped",
+                 time.monotonic() - started, self.writer.requests, pending, self.writer.dropped)
+        return pending
 
     def run_ids(self) -> dict[str, str]:
         """Trial id -> MLflow run id, for the runs the server has created so far."""

@@ -37,6 +37,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from functools import partial
+from itertools import islice
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -233,7 +234,7 @@ class Writer:
         batch = [self._todo[0]]
         if batch[0]["op"] == "metrics":
             size = len(batch[0]["points"])
-            for record in list(self._todo)[1:]:
+            for record in islice(self._todo, 1, None):
                 size += len(record.get("points", ()))
                 if record["op"] != "metrics" or size > LIMITS["metrics"]:
                     break
