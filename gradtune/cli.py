@@ -95,6 +95,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
     from gradtune import spool as spool_mod
     from gradtune import writer
 
+    if not args.debug:  # the outcome is the one line below; the writer's retries are noise
+        logging.getLogger(writer.__name__).setLevel(logging.ERROR)
     path = Path(args.path)
     name = spool_mod.SPOOL_NAME
     spools = [path] if path.is_file() else sorted(path.rglob(name)) if path.is_dir() else []

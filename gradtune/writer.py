@@ -336,7 +336,7 @@ class Writer:
     def _to_spool(self) -> None:
         if self._spooling or self.spool is None or not self._todo:
             return
-        log.warning("MLflow unreachable for %.0fs: spooling to %s", self.outage_s, self.spool)
+        log.warning("MLflow still unreachable: %d records spooled to %s", len(self._todo), self.spool)
         self._spooling = True
         if not self.spool.exists():
             self.spool.parent.mkdir(parents=True, exist_ok=True)
