@@ -1,4 +1,4 @@
-"""The ``gradtune`` command line: sweep, validate, ui, workloads.
+"""The ``gradtune`` command line: sweep, validate, ui, workloads, sync.
 
 Every user error (bad spec, bad flag, bad plug-in) is one line on stderr and exit code 2;
 ``--debug`` shows the traceback instead.
@@ -108,6 +108,35 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+def cmd_sync(args: argparse.Namespace) -> int:
+    """Send the MLflow records a sweep spooled while its server was down: one spool file,
+    or every ``mlflow-spool.jsonl`` under a storage directory."""
+    from pathlib import Path
+
+    from gradtune import spool as spool_mod
+    from gradtune import writer
+
+    if not args.debug:  # the outcome is the one line below; the writer's retries are noise
+        logging.getLogger(writer.__name__).setLevel(logging.ERROR)
+    path = Path(args.path)
+    name = spool_mod.SPOOL_NAME
+    spools = [path] if path.is_file() else sorted(path.rglob(name)) if path.is_dir() else []
+    if not spools:
+        raise GradtuneError(f"{path}: no MLflow spool ({name}) found")
+    for spool in spools:
+        uri = args.tracking_uri or spool_mod.read(spool)[0]
+        if "***@" in uri:
+            raise GradtuneError(f"{spool}: its tracking URI has redacted credentials ({uri}); "
+                                "give --tracking-uri")
+        sent, pending = writer.replay(spool, uri, timeout_s=args.timeout)
+        if pending:
+            raise GradtuneError(f"tracking.uri {writer.redact(uri)}: no answer in {args.timeout:g}s; "
+                                f"{sent} records sent, {pending} still pending in {spool}")
+        print(f"{spool}: {sent} records sent to {writer.redact(uri)}" if sent
+              else f"{spool}: nothing to send")
+    return 0
+
+
 def cmd_workloads(args: argparse.Namespace) -> int:
     from gradtune import workloads
 
@@ -145,6 +174,12 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--host", default="127.0.0.1")
     u.add_argument("--port", type=int, default=5000)
     u.set_defaults(func=cmd_ui)
+
+    y = sub.add_parser("sync", help="send MLflow records a sweep spooled while the server was down")
+    y.add_argument("path", help="a spool file, or a storage directory to search for mlflow-spool.jsonl")
+    y.add_argument("--tracking-uri", help="MLflow tracking URI (default: the one the spool records)")
+    y.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the server")
+    y.set_defaults(func=cmd_sync)
 
     w = sub.add_parser("workloads", help="list the built-in workloads and their options")
     w.set_defaults(func=cmd_workloads)

@@ -15,8 +15,9 @@ def _fmt(value: Any) -> str:
 
 
 def summary(result: SweepResult) -> str:
-    """Counts per outcome, the best trial's hyperparameters and metrics, and the command
-    that opens the MLflow UI on the store the sweep wrote."""
+    """Counts per outcome, the best trial's hyperparameters and metrics, the command that
+    opens the MLflow UI on the store the sweep wrote, and, when the MLflow server was down
+    at the end, how many records wait in the spool and the command that sends them."""
     spec = result.spec
     counts = result.counts()
     trials = result.trials
@@ -40,7 +41,7 @@ def summary(result: SweepResult) -> str:
         lines.append(f"  best trial ({metric} {spec.search.mode}): "
                      + ", ".join(f"{k}={_fmt(v)}" for k, v in shown.items()))
         lines.append("    " + ", ".join(f"{k}={_fmt(v)}" for k, v in best.params.items()))
-        lines.append(f"    MLflow run {result.runs.get(best.trial_id)}")
+        lines.append(f"    MLflow run {result.runs.get(best.trial_id, 'not created yet (see below)')}")
     if result.interrupted is not None:
         lines.append(f"  stopped by {signal.Signals(result.interrupted).name}: unfinished trials are saved; "
                      "continue with:")
@@ -52,4 +53,10 @@ def summary(result: SweepResult) -> str:
         f"  MLflow: experiment '{result.experiment}', parent run {result.parent_run_id}",
         f"  open the UI: {ui}",
     ]
+    if result.pending:
+        lines += [
+            f"  MLflow: {result.pending} records not sent (the server did not answer); they are in",
+            f"    {result.spool}; send them with:",
+            f"    python -m gradtune sync {shlex.quote(str(result.spool))} --tracking-uri {shlex.quote(uri)}",
+        ]
     return "\n".join(lines)

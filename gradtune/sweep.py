@@ -16,6 +16,7 @@ from gradtune.interrupt import Interrupt
 from gradtune.outcome import Ledger, TrialRecord
 from gradtune.progress import Progress
 from gradtune.spec import SweepSpec
+from gradtune.spool import SPOOL_NAME
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ class SweepResult:
     runs: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     interrupted: int | None = None  # the signal that stopped the sweep early, if one did
+    pending: int = 0  # MLflow records not sent when the sweep ended: they are in ``spool``
+    spool: str | None = None
 
     @property
     def trials(self) -> list[TrialRecord]:
@@ -95,15 +98,16 @@ def _execute(spec: SweepSpec, path: str, parent_id: str | None, address: str | N
 
     started = time.monotonic()
     uri = tracking.resolve_uri(spec.tracking.uri)
+    spool = _spool(os.path.dirname(path), os.path.basename(path))
     ledger = Ledger()  # what happened to each trial: the scheduler writes, the others read
-    tracker = tracking.MLflowTracking(spec, uri, spec.experiment, ledger)
+    tracker = tracking.MLflowTracking(spec, uri, spec.experiment, ledger, spool=spool)
     try:
         parent = tracker.start() if parent_id is None else tracker.reopen(parent_id)
     except Exception as exc:  # a bad URI or an unreachable server: say so in one line
         raise GradtuneError(f"tracking.uri {uri}: cannot start the MLflow run ({exc})") from None
 
     own_ray = not ray.is_initialized()
-    status = "FAILED"
+    status, pending = "FAILED", 0
     interrupt = Interrupt()
     try:
         interrupt.install()
@@ -153,13 +157,14 @@ def _execute(spec: SweepSpec, path: str, parent_id: str | None, address: str | N
         raise
     finally:
         interrupt.uninstall()
-        tracker.finish(status)
+        pending = tracker.finish(status)
         if own_ray and ray.is_initialized():
             ray.shutdown()
     return SweepResult(
         spec=spec, tracking_uri=uri, experiment=spec.experiment, parent_run_id=parent,
-        storage=path, ledger=ledger, runs=tracker.runs,
+        storage=path, ledger=ledger, runs=tracker.run_ids(),
         seconds=time.monotonic() - started, interrupted=interrupt.signum,
+        pending=pending, spool=spool if pending else None,
     )
 
 
@@ -192,6 +197,14 @@ def _storage(path: str | None) -> str | None:
     if path is None or "://" in path:
         return path
     return os.path.abspath(os.path.expanduser(path))
+
+
+def _spool(storage: str | None, name: str) -> str:
+    """Where MLflow records wait while the server is down: beside the sweep's Tune
+    experiment when its storage is a local path, else (a URI cannot be appended to) under
+    ``~/ray_results`` on the driver."""
+    root = storage if storage is not None and "://" not in storage else os.path.expanduser("~/ray_results")
+    return os.path.join(root, name, SPOOL_NAME)
 
 
 def _init_ray(address: str | None) -> None:

@@ -1,12 +1,16 @@
 """MLflow logging from the Ray Tune driver: a parent run per sweep, a nested child run per
-trial, metrics against the training step, batched. MLflow I/O only: what happened to a
-trial is :mod:`gradtune.outcome`'s (the sweep's ledger), written here as tags and status.
+trial, metrics against the training step. This module maps Tune's trial events to records;
+:mod:`gradtune.writer` sends them from a thread of its own, so no callback here waits on
+the tracking server (an outage costs the sweep nothing; see the writer for retries and the
+spool). What happened to a trial is :mod:`gradtune.outcome`'s (the sweep's ledger), written
+here as tags and status.
 
 Only the driver talks to MLflow (this is a Tune ``Callback``), so workers need no tracking
 credentials or network access to the server.
 
-NaN and inf metric values are logged as they are (MLflow stores them), so a diverged trial's
-last numbers are visible in the UI; non-numeric result values are not logged as metrics.
+NaN and inf metric values are logged as they are (MLflow stores them, and the writer's
+spool keeps them exactly), so a diverged trial's last numbers are visible in the UI;
+non-numeric result values are not logged as metrics.
 """
 
 from __future__ import annotations
@@ -14,12 +18,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import time
 from typing import Any
 
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.tracking import MlflowClient
+from mlflow.entities import RunTag
 from ray.tune import Callback
 
 from gradtune import outcome
@@ -27,11 +29,13 @@ from gradtune import spec as spec_mod
 from gradtune.outcome import Ledger, Outcome, TrialRecord
 from gradtune.params import trial_params
 from gradtune.spec import SweepSpec
+from gradtune.writer import Point, Writer, redact
 
 log = logging.getLogger(__name__)
 
-BATCH = 1000  # MLflow's per-request limit for metrics
-FLUSH_SECONDS = 5.0
+OUTAGE_ENV = "GRADTUNE_MLFLOW_OUTAGE_S"  # seconds without an answer before spooling
+DRAIN_ENV = "GRADTUNE_MLFLOW_DRAIN_S"  # seconds the sweep's end waits for the writer
+__all__ = ["MLflowTracking", "end_tags", "metrics_of", "redact", "resolve_uri", "run_name"]
 
 
 def run_name(params: dict[str, Any]) -> str:
@@ -48,8 +52,8 @@ def run_name(params: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def metrics_of(result: dict[str, Any], timestamp_ms: int) -> list[Metric]:
-    """The numeric values of ``result`` as MLflow metrics at its training step; NaN and inf
+def metrics_of(result: dict[str, Any], timestamp_ms: int) -> list[Point]:
+    """The numeric values of ``result`` as metric points at its training step; NaN and inf
     as they are. Tune's own bookkeeping keys and :data:`outcome.NOT_METRICS` are left out."""
     step = int(result.get(outcome.STEP, result.get("training_iteration", 0)))
     out = []
@@ -58,7 +62,7 @@ def metrics_of(result: dict[str, Any], timestamp_ms: int) -> list[Metric]:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
-        out.append(Metric(key, float(value), timestamp_ms, step))
+        out.append(Point(key, float(value), timestamp_ms, step))
     return out
 
 
@@ -74,59 +78,74 @@ RUN_STATUS = {Outcome.COMPLETED: "FINISHED", Outcome.DIVERGED: "FINISHED",
               Outcome.PRUNED: "KILLED", Outcome.FAILED: "FAILED"}
 
 
+def _seconds(value: float | None, env: str, default: float) -> float:
+    return float(os.environ.get(env, default)) if value is None else value
+
+
 class MLflowTracking(Callback):
     """Tune callback writing the sweep to MLflow: a child run per trial, ended with the
-    outcome the sweep's ``ledger`` gives; ``runs`` maps trial id -> MLflow run id."""
+    outcome the sweep's ``ledger`` gives; ``runs`` maps trial id -> the writer's run key
+    (:meth:`run_ids` gives the MLflow run ids).
 
-    def __init__(self, spec: SweepSpec, tracking_uri: str, experiment: str, ledger: Ledger) -> None:
+    ``spool`` is where records go when the server stays down for ``outage_s`` seconds
+    (default ``$GRADTUNE_MLFLOW_OUTAGE_S``, else 30); :meth:`finish` waits at most
+    ``drain_s`` (``$GRADTUNE_MLFLOW_DRAIN_S``, else 30) for the last records."""
+
+    def __init__(self, spec: SweepSpec, tracking_uri: str, experiment: str, ledger: Ledger,
+                 spool: str | None = None, outage_s: float | None = None,
+                 drain_s: float | None = None) -> None:
         self.spec = spec
         self.ledger = ledger
         self.tracking_uri = tracking_uri
         self.experiment = experiment
-        self.client: MlflowClient | None = None
+        self.spool = spool
+        self.outage_s = _seconds(outage_s, OUTAGE_ENV, 30.0)
+        self.drain_s = _seconds(drain_s, DRAIN_ENV, 30.0)
+        self.writer: Writer | None = None
         self.parent_id: str | None = None
         self.experiment_id: str | None = None
         self.runs: dict[str, str] = {}
-        self.buffers: dict[str, list[Metric]] = {}
-        self.last_flush: dict[str, float] = {}
         self.ended: set[str] = set()  # trial ids whose run is terminated
-        # trial id -> last training step logged; a resumed trial repeats the steps after
-        # its checkpoint, which are not logged twice.
+        # trial id -> last training step logged; a resumed or retried trial repeats the
+        # steps after its checkpoint, which are not logged twice.
         self.logged_step: dict[str, int] = {}
         self.reopened: dict[str, dict[str, str]] = {}  # trial id -> params of its run, on resume
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its callbacks with the experiment state; a thread does not pickle.
+        return {**self.__dict__, "writer": None}
+
     # ----------------------------------------------------------------- sweep level
     def start(self) -> str:
-        """Create the experiment (if needed) and the parent run; returns its id. Called
-        by the sweep before Tune starts, so a bad tracking URI fails before any trial."""
-        self.client = MlflowClient(tracking_uri=self.tracking_uri)
-        exp = self.client.get_experiment_by_name(self.experiment)
-        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(self.experiment)
-        run = self.client.create_run(
-            self.experiment_id,
+        """Create the experiment (if needed) and the parent run, then start the writer;
+        returns the parent's run id. Called by the sweep before Tune starts, so a bad
+        tracking URI or a server that is down fails here, in seconds, before any trial."""
+        self.writer = Writer(self.tracking_uri, self.spool, outage_s=self.outage_s)
+        self.experiment_id, self.parent_id = self.writer.open(
+            self.experiment,
             run_name=f"sweep {self.spec.name} {time.strftime('%Y-%m-%d %H:%M:%S')}",
             tags={"gradtune.role": "sweep", "gradtune.workload": self.spec.workload.name},
         )
-        self.parent_id = run.info.run_id
         # Credentials in a URI (user:password@host) stay out of what is logged.
         logged = self.spec.model_copy(update={"tracking": self.spec.tracking.model_copy(
             update={"uri": redact(self.spec.tracking.uri)})})
         flat = spec_mod.flatten(logged.model_dump(mode="json"))
-        params = [Param(k, _param_value(v)) for k, v in flat.items()]
-        for i in range(0, len(params), 100):
-            self.client.log_batch(self.parent_id, params=params[i : i + 100])
-        self.client.log_text(self.parent_id, spec_mod.dump(logged), "spec.yaml")
+        self.writer.put("params", self.parent_id, params={k: _param_value(v) for k, v in flat.items()})
+        self.writer.put("text", self.parent_id, path="spec.yaml", text=spec_mod.dump(logged))
+        self.writer.start()
         return self.parent_id
 
     def reopen(self, parent_id: str) -> str:
-        """Continue the sweep of parent run ``parent_id`` (``gradtune sweep --resume``): the
-        parent is RUNNING again, and each trial that already has a child run (found by its
-        ``gradtune.trial_id`` tag) continues that run from the last step it logged."""
-        self.client = MlflowClient(tracking_uri=self.tracking_uri)
-        parent = self.client.get_run(parent_id)
-        self.parent_id, self.experiment_id = parent_id, parent.info.experiment_id
-        self.client.update_run(parent_id, status="RUNNING")
-        children = self.client.search_runs(
+        """Continue the sweep of parent run ``parent_id`` (``gradtune sweep --resume``),
+        synchronously like :meth:`start`: the parent is RUNNING again, and each trial that
+        already has a child run (found by its ``gradtune.trial_id`` tag) will continue that
+        run after the last step it logged."""
+        self.writer = Writer(self.tracking_uri, self.spool, outage_s=self.outage_s)
+        client = self.writer.client
+        parent = client.get_run(parent_id)
+        self.parent_id, self.experiment_id = self.writer.adopt(parent_id), parent.info.experiment_id
+        client.update_run(parent_id, status="RUNNING")
+        children = client.search_runs(
             [self.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'", max_results=50000)
         for run in children:
             trial_id = run.data.tags.get("gradtune.trial_id")
@@ -134,72 +153,75 @@ class MLflowTracking(Callback):
                 continue
             # Which trials ended is Tune's saved state (set_state), not these tags: a trial
             # that ended after Tune's last experiment checkpoint runs again.
-            self.runs[trial_id] = run.info.run_id
+            self.runs[trial_id] = self.writer.adopt(run.info.run_id)
             self.reopened[trial_id] = dict(run.data.params)
-            steps = [m.step for m in self.client.get_metric_history(run.info.run_id, "grad_norm")]
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, "grad_norm")]
             self.logged_step[trial_id] = max(steps, default=0)
+        self.writer.start()
         return parent_id
 
-    def finish(self, status: str = "FINISHED") -> None:
-        """End the sweep: counts and summary on the parent, which ends with ``status``.
-        Child runs still open (trials stopped in flight by an interrupt) end KILLED, tagged
+    def finish(self, status: str = "FINISHED") -> int:
+        """End the parent run and wait (``drain_s`` at most) for the writer; returns the
+        number of records still pending (they are in the spool). Child runs still open
+        (trials stopped in flight by an interrupt) end KILLED, tagged
         ``gradtune.outcome=interrupted``: a resumed sweep continues them."""
-        if self.client is None or self.parent_id is None:
-            return
-        for trial_id, run_id in self.runs.items():
+        if self.writer is None or self.parent_id is None:
+            return 0
+        for trial_id, key in self.runs.items():
             if trial_id not in self.ended:
-                self._flush(trial_id)
-                self.client.set_tag(run_id, "gradtune.outcome", outcome.INTERRUPTED)
-                self.client.set_terminated(run_id, status="KILLED")
+                self._kill(key)
         counts = self.ledger.counts()
-        metrics = [Metric(f"trials_{o}", float(n), _now(), 0) for o, n in counts.items()]
-        self.client.log_batch(self.parent_id, metrics=metrics)
+        self.writer.put("metrics", self.parent_id,
+                        points=[Point(f"trials_{o}", float(n), _now(), 0) for o, n in counts.items()])
         summary = self.ledger.summary(self.spec.search.metric, self.spec.search.mode, self.runs)
         # allow_nan=False: the summary is strict JSON (outcome.strict_json made NaN null).
-        self.client.log_text(self.parent_id, json.dumps(summary, indent=2, allow_nan=False), "summary.json")
-        self.client.set_terminated(self.parent_id, status=status)
+        # Its run ids are the writer's keys until it sends the file (it swaps in the ids).
+        self.writer.put("text", self.parent_id, path="summary.json",
+                        text=json.dumps(summary, indent=2, allow_nan=False))
+        self.writer.put("end", self.parent_id, status=status, end_time=_now())
+        started = time.monotonic()
+        pending = self.writer.close(self.drain_s)
+        log.info("MLflow writer: drained in %.2fs; %d requests, %d records pending, %d dropped",
+                 time.monotonic() - started, self.writer.requests, pending, self.writer.dropped)
+        return pending
+
+    def run_ids(self) -> dict[str, str]:
+        """Trial id -> MLflow run id, for the runs the server has created so far."""
+        ids = {t: self.writer.run_id(k) if self.writer else None for t, k in self.runs.items()}
+        return {t: run_id for t, run_id in ids.items() if run_id is not None}
 
     # ----------------------------------------------------------------- trial level
+    # Each of these only queues records for the writer: they run in Tune's driver loop.
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        assert self.client is not None and self.parent_id is not None
+        assert self.writer is not None and self.parent_id is not None
         params = trial_params(self.spec, trial.config)
-        if self._continues(trial.trial_id, params):  # a resumed trial continues its run
-            self.client.update_run(self.runs[trial.trial_id], status="RUNNING")
-            self.buffers.setdefault(trial.trial_id, [])
-            self.last_flush[trial.trial_id] = time.monotonic()
+        if self._continues(trial.trial_id, params):  # resumed or retried: the same run
+            self.writer.put("reopen", self.runs[trial.trial_id])
             return
-        run = self.client.create_run(
-            self.experiment_id,  # type: ignore[arg-type]
-            run_name=run_name(params),
-            tags={
-                "mlflow.parentRunId": self.parent_id,
-                "gradtune.role": "trial",
-                "gradtune.trial_id": trial.trial_id,
-                "gradtune.sweep": self.spec.name,
-            },
-        )
-        run_id = run.info.run_id
-        self.runs[trial.trial_id] = run_id
-        self.buffers[trial.trial_id] = []
-        self.last_flush[trial.trial_id] = time.monotonic()
-        self.client.log_batch(run_id, params=[Param(k, _param_value(v)) for k, v in params.items()])
+        key = self.writer.new_key()
+        self.runs[trial.trial_id] = key
+        self.writer.put("create", key, experiment_id=self.experiment_id, name=run_name(params),
+                        start_time=_now(), tags={
+                            "mlflow.parentRunId": self.parent_id,
+                            "gradtune.role": "trial",
+                            "gradtune.trial_id": trial.trial_id,
+                            "gradtune.sweep": self.spec.name,
+                        })
+        self.writer.put("params", key, params={k: _param_value(v) for k, v in params.items()})
 
     def on_trial_result(
         self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
     ) -> None:
-        run_id = self.runs.get(trial.trial_id)
-        if run_id is None or self.client is None:
+        key = self.runs.get(trial.trial_id)
+        if key is None or self.writer is None:
             return
         if result.get("training_iteration") == 1 and result.get(outcome.NODE_ID):
-            self.client.set_tag(run_id, "gradtune.node_id", result[outcome.NODE_ID])
+            self.writer.put("tags", key, tags={"gradtune.node_id": str(result[outcome.NODE_ID])})
         step = int(result.get(outcome.STEP, 0))
         if step <= self.logged_step.get(trial.trial_id, 0):
-            return  # logged before the sweep was interrupted
+            return  # logged before the trial was interrupted
         self.logged_step[trial.trial_id] = step
-        buf = self.buffers[trial.trial_id]
-        buf.extend(metrics_of(result, _now()))
-        if len(buf) >= BATCH or time.monotonic() - self.last_flush[trial.trial_id] > FLUSH_SECONDS:
-            self._flush(trial.trial_id)
+        self.writer.put("metrics", key, points=metrics_of(result, _now()))
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self._end(trial, errored=False)
@@ -208,30 +230,33 @@ class MLflowTracking(Callback):
         self._end(trial, errored=True)
 
     def _end(self, trial: Any, errored: bool) -> None:
-        run_id = self.runs.get(trial.trial_id)
-        if run_id is None or self.client is None or trial.trial_id in self.ended:
+        key = self.runs.get(trial.trial_id)
+        if key is None or self.writer is None or trial.trial_id in self.ended:
             return
         self.ended.add(trial.trial_id)
-        self._flush(trial.trial_id)
         record = self.ledger.end(trial.trial_id, trial_params(self.spec, trial.config),
                                  trial.last_result, errored)
-        self.client.log_batch(run_id, tags=end_tags(record))
-        self.client.set_terminated(run_id, status=RUN_STATUS[record.outcome])
+        self.writer.put("tags", key, tags={t.key: t.value for t in end_tags(record)})
+        self.writer.put("end", key, status=RUN_STATUS[record.outcome], end_time=_now())
+
 
     def _continues(self, trial_id: str, params: dict[str, Any]) -> bool:
-        """Whether the trial's run exists from before a resume, with these params. A run of
-        the same trial id with other params is one the crashed driver started after Tune's
-        last checkpoint (its trial was lost): it ends KILLED, and this trial gets a new run."""
+        """Whether the trial already has a run (a retry, or a resume) with these params. A
+        run of the same trial id with other params is one the crashed driver started after
+        Tune's last checkpoint (its trial was lost): it ends KILLED, this trial gets a new one."""
         logged = self.reopened.pop(trial_id, None)
         if logged is None:
             return trial_id in self.runs
         if logged == {k: _param_value(v) for k, v in params.items()}:
             return True
-        assert self.client is not None
-        self.client.set_tag(self.runs[trial_id], "gradtune.outcome", outcome.INTERRUPTED)
-        self.client.set_terminated(self.runs.pop(trial_id), status="KILLED")
+        self._kill(self.runs.pop(trial_id))
         self.logged_step.pop(trial_id, None)
         return False
+
+    def _kill(self, key: str) -> None:
+        assert self.writer is not None
+        self.writer.put("tags", key, tags={"gradtune.outcome": outcome.INTERRUPTED})
+        self.writer.put("end", key, status="KILLED", end_time=_now())
 
     # ----------------------------------------------------------------- Tune's experiment checkpoint
     def get_state(self) -> dict[str, Any]:
@@ -241,16 +266,6 @@ class MLflowTracking(Callback):
     def set_state(self, state: dict[str, Any]) -> None:
         self.ledger.update(state["ledger"])
         self.ended |= state["ended"]
-
-    def _flush(self, trial_id: str) -> None:
-        buf = self.buffers.get(trial_id)
-        run_id = self.runs.get(trial_id)
-        if not buf or run_id is None or self.client is None:
-            return
-        for i in range(0, len(buf), BATCH):
-            self.client.log_batch(run_id, metrics=buf[i : i + BATCH])
-        buf.clear()
-        self.last_flush[trial_id] = time.monotonic()
 
 
 def end_tags(record: TrialRecord) -> list[RunTag]:
@@ -263,11 +278,6 @@ def end_tags(record: TrialRecord) -> list[RunTag]:
     if node:
         tags.append(RunTag("gradtune.node_id", str(node)))
     return tags
-
-
-def redact(uri: str) -> str:
-    """``scheme://user:secret@host/...`` -> ``scheme://***@host/...``; other text unchanged."""
-    return re.sub(r"(?<=://)[^/@\s]+@", "***@", uri)
 
 
 def _param_value(value: Any) -> str:

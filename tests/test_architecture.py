@@ -9,10 +9,11 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "gradtune"
 
 FLOORS = [
-    {"errors", "outcome", "interrupt"},
+    {"errors", "outcome", "interrupt", "spool"},
     {"params"},
     {"spec"},
-    {"signals", "search_space", "workloads", "clipping", "telemetry", "precision", "feasibility"},
+    {"signals", "search_space", "workloads", "clipping", "telemetry", "precision", "feasibility",
+     "writer"},
     {"trial", "searcher", "scheduler", "tracking"},
     {"progress"},
     {"sweep"},

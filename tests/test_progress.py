@@ -20,18 +20,21 @@ def test_lines_say_outcome_knobs_and_objective_or_reason():
     assert progress.line(diverged, 3, 24, "val_loss") == (
         "[ 3/24] diverged   norm=none clip=none init=3.2 bs=64  at step 20: loss is nan")
     done = ledger.end("c", KNOBS, {"step": 300, "final": 1, "val_loss": 0.14932})
-    assert progress.line(done, 4, 24, "val_loss").endswith("completed  norm=none clip=none init=3.2 bs=64  val_loss=0.1493")
+    assert progress.line(done, 4, 24, "val_loss").endswith(
+        "completed  norm=none clip=none init=3.2 bs=64  val_loss=0.1493")
     pruned = ledger.end("p", KNOBS, {"step": 30, "final": 0, "val_loss": math.inf})
     assert progress.line(pruned, 5, 24, "val_loss").endswith("val_loss=inf at step 30")
     failed = ledger.end("f", KNOBS, None, errored=True)
-    assert progress.line(failed, 6, 24, "val_loss").endswith("failed     norm=none clip=none init=3.2 bs=64  val_loss=-")
+    assert progress.line(failed, 6, 24, "val_loss").endswith(
+        "failed     norm=none clip=none init=3.2 bs=64  val_loss=-")
 
 
 def test_the_callback_writes_each_trial_once():
     out = io.StringIO()
     ledger = Ledger()
     cb = progress.Progress(SweepSpec(), ledger, 2, out)
-    trial = SimpleNamespace(trial_id="a", config={"norm": "layer"}, last_result={"step": 300, "final": 1, "val_loss": 0.2})
+    trial = SimpleNamespace(trial_id="a", config={"norm": "layer"},
+                            last_result={"step": 300, "final": 1, "val_loss": 0.2})
     cb.on_trial_complete(0, [], trial)
     cb.on_trial_complete(0, [], trial)
     assert out.getvalue().count("\n") == 1 and out.getvalue().startswith("[1/2] completed")

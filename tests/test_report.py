@@ -41,3 +41,17 @@ def test_summary_without_a_finite_completed_trial_and_many_divergences():
     assert "    ... and 2 more (tag gradtune.outcome=diverged)" in text
     assert "  no trial completed with a finite val_loss" in text
     assert text.splitlines()[-1] == "  open the UI: http://127.0.0.1:5000"
+
+
+def test_summary_names_records_left_unsent_and_the_sync_command():
+    ledger = Ledger()
+    ledger.end("good", {"norm": "layer"}, {"final": 1, "val_loss": 0.15})
+    result = sweep_result(ledger, uri="http://127.0.0.1:5000")
+    result.runs, result.pending, result.spool = {}, 17, "/tmp/x/my sweep/mlflow-spool.jsonl"
+    lines = report.summary(result).splitlines()
+    assert "    MLflow run not created yet (see below)" in lines
+    assert lines[-3:] == [
+        "  MLflow: 17 records not sent (the server did not answer); they are in",
+        "    /tmp/x/my sweep/mlflow-spool.jsonl; send them with:",
+        "    python -m gradtune sync '/tmp/x/my sweep/mlflow-spool.jsonl' --tracking-uri http://127.0.0.1:5000",
+    ]
