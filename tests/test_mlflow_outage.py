@@ -20,12 +20,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from tests._servers import MlflowServer
 from mlflow.tracking import MlflowClient
 
 from gradtune import cli, report, spool, sweep, tracking
 from gradtune.outcome import Ledger
 from gradtune.sweep import SweepResult
+from tests._servers import MlflowServer
 
 pytestmark = pytest.mark.e2e
 

@@ -9,7 +9,6 @@ import math
 import time
 
 import pytest
-from tests._servers import free_port
 from mlflow.exceptions import MlflowException, RestException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.tracking import MlflowClient
@@ -17,6 +16,7 @@ from mlflow.tracking import MlflowClient
 from gradtune import cli, writer
 from gradtune import spool as spool_mod
 from gradtune.writer import Point, Writer
+from tests._servers import free_port
 
 # Values a diverging trial reports, and finite ones that must come back bit for bit.
 AWKWARD = [math.nan, math.inf, -math.inf, 0.1 + 0.2, 1e-310, 1.7976931348623157e308, -2.5]
