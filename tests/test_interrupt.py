@@ -134,7 +134,8 @@ def test_a_killed_driver_is_resumed_without_rerunning_or_duplicating(tmp_path):
     deadline, done, folder = time.monotonic() + 300, None, None
     while time.monotonic() < deadline and done is None:
         assert proc.poll() is None, tail(log)
-        finished = [r for r in runs(tmp_path) if r.data.tags.get("gradtune.outcome") in {"completed", "diverged"}]
+        finished = [r for r in runs(tmp_path) if r.info.end_time  # the writer sends the tag first
+                    and r.data.tags.get("gradtune.outcome") in {"completed", "diverged"}]
         states = sorted((tmp_path / "results").glob("*/experiment_state-*.json"))
         if finished and states and states[-1].stat().st_mtime * 1000 > finished[0].info.end_time + 1000:
             done, folder = finished[0], states[-1].parent
