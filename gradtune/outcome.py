@@ -49,6 +49,10 @@ DIVERGED = "diverged"  # 1 when the trial's own monitor reached a verdict
 REASON = "divergence_reason"
 DIVERGENCE_STEP = "divergence_step"
 NODE_ID = "node_id"  # the Ray node the trial ran on (added by the trainable)
+# The step of the trial's last healthy checkpoint (taken before any verdict and at least the
+# divergence rules' window before this report), 0 while there is none; what a rescue would
+# roll back to.
+HEALTHY_STEP = "healthy_checkpoint_step"
 
 # The metrics a trial reports (README "What each trial reports"); NaN and inf as measured.
 METRICS: tuple[str, ...] = (
@@ -56,7 +60,7 @@ METRICS: tuple[str, ...] = (
     "val_loss", "val_accuracy",
 )
 # Reported numbers that are not per-step metrics (``diverged`` is: a 0/1 curve).
-NOT_METRICS = frozenset({STEP, FINAL, DIVERGENCE_STEP, NODE_ID, "trial_id", "done"})
+NOT_METRICS = frozenset({STEP, FINAL, DIVERGENCE_STEP, NODE_ID, HEALTHY_STEP, "trial_id", "done"})
 # What a trial's record keeps of its last result.
 RECORDED: tuple[str, ...] = (STEP, *METRICS, DIVERGED, REASON, DIVERGENCE_STEP, FINAL, NODE_ID)
 

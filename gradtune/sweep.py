@@ -8,8 +8,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from gradtune import checkpoint, searcher, tracking, trial
 from gradtune import scheduler as sched
-from gradtune import searcher, tracking, trial
 from gradtune.errors import GradtuneError
 from gradtune.outcome import Ledger, TrialRecord
 from gradtune.spec import SweepSpec
@@ -93,7 +93,10 @@ def run(spec: SweepSpec, address: str | None = None, search: Any = None, verbose
                 name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
                 storage_path=storage,
                 callbacks=[tracker],
-                failure_config=tune.FailureConfig(max_failures=0),
+                # A trial that raises or loses its worker is retried from its last checkpoint.
+                failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=checkpoint.keep(
+                    spec.training.checkpoint_every, spec.divergence.window)),
                 verbose=verbose,
             ),
         )
