@@ -22,7 +22,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
-from gradtune import outcome
+from gradtune import failure, outcome
 from gradtune import spec as spec_mod
 from gradtune.outcome import Ledger, Outcome, TrialRecord
 from gradtune.params import trial_params
@@ -90,6 +90,7 @@ class MLflowTracking(Callback):
         self.buffers: dict[str, list[Metric]] = {}
         self.last_flush: dict[str, float] = {}
         self.ended: set[str] = set()  # trial ids whose run is terminated
+        self.logged_step: dict[str, int] = {}  # trial id -> last training step logged
 
     # ----------------------------------------------------------------- sweep level
     def start(self) -> str:
@@ -128,6 +129,8 @@ class MLflowTracking(Callback):
     # ----------------------------------------------------------------- trial level
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         assert self.client is not None and self.parent_id is not None
+        if trial.trial_id in self.runs:  # a retry (Tune starts the trial again): same run
+            return
         params = trial_params(self.spec, trial.config)
         run = self.client.create_run(
             self.experiment_id,  # type: ignore[arg-type]
@@ -151,6 +154,12 @@ class MLflowTracking(Callback):
         run_id = self.runs.get(trial.trial_id)
         if run_id is None or self.client is None:
             return
+        # A retry reports again the steps between its checkpoint and the failure: the first
+        # report of a step stands (on CPU the two are the same).
+        step = int(result.get(outcome.STEP, 0))
+        if step and step <= self.logged_step.get(trial.trial_id, 0):
+            return
+        self.logged_step[trial.trial_id] = step
         if result.get("training_iteration") == 1 and result.get(outcome.NODE_ID):
             self.client.set_tag(run_id, "gradtune.node_id", result[outcome.NODE_ID])
         buf = self.buffers[trial.trial_id]
@@ -170,9 +179,14 @@ class MLflowTracking(Callback):
             return
         self.ended.add(trial.trial_id)
         self._flush(trial.trial_id)
+        failures = int(getattr(trial, "num_failures", 0) or 0)
+        failed = failure.of_trial(trial) if errored or failures else None
         record = self.ledger.end(trial.trial_id, trial_params(self.spec, trial.config),
-                                 trial.last_result, errored)
+                                 trial.last_result, errored, error=failed.reason if failed else None,
+                                 failures=failures)
         self.client.log_batch(run_id, tags=end_tags(record))
+        if failed is not None and failed.details:
+            self.client.log_text(run_id, failed.details, "error.txt")  # every failure, tracebacks
         self.client.set_terminated(run_id, status=RUN_STATUS[record.outcome])
 
     def _flush(self, trial_id: str) -> None:
@@ -187,11 +201,17 @@ class MLflowTracking(Callback):
 
 
 def end_tags(record: TrialRecord) -> list[RunTag]:
-    """``gradtune.outcome``, the divergence reason and step, and the node it ran on."""
+    """``gradtune.outcome``, the divergence reason and step, why it failed
+    (``gradtune.failure``, one line) and how many failures it had, retried ones included
+    (``gradtune.failures``), and the node it ran on."""
     tags = [RunTag("gradtune.outcome", record.outcome.value)]
     if record.verdict is not None:
         tags.append(RunTag("gradtune.divergence_reason", record.verdict.reason))
         tags.append(RunTag("gradtune.divergence_step", str(record.verdict.step)))
+    if record.error is not None:
+        tags.append(RunTag("gradtune.failure", record.error))
+    if record.failures:
+        tags.append(RunTag("gradtune.failures", str(record.failures)))
     node = record.result.get(outcome.NODE_ID)
     if node:
         tags.append(RunTag("gradtune.node_id", str(node)))

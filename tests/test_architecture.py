@@ -13,7 +13,7 @@ FLOORS = [
     {"params"},
     {"spec"},
     {"signals", "search_space", "workloads", "clipping", "telemetry", "precision", "feasibility",
-     "checkpoint"},
+     "checkpoint", "failure"},
     {"trial", "searcher", "scheduler", "tracking"},
     {"sweep"},
     {"report"},
