@@ -133,7 +133,7 @@ def ground_truth(spec: SweepSpec, configs: list[dict[str, Any]]) -> list[Trace]:
 def _reference_loss(spec: SweepSpec, config: dict[str, Any]) -> float:
     import torch
 
-    from gradtune.search_space import trial_params
+    from gradtune.params import trial_params
 
     wl = workloads.build(spec.workload.name, spec.workload.options, trial_params(spec, config),
                          spec.training.seed, torch.device("cpu"))
