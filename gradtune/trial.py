@@ -181,8 +181,9 @@ def train(
     state = {"model": model, "optimizer": optimizer, "schedule": schedule, "scaler": amp.scaler,
              "clipper": clip, "judge": judge, "window": window, "val": val, "data": data,
              "marks": marks}
-    start = 1 if resume is None else checkpoint.restore(resume, state) + 1
+    start = 1
     if resume is not None:
+        start = checkpoint.restore(resume, state) + 1
         log.info("trial resumed from its checkpoint at step %d", start - 1)
 
     for step in range(start, t.steps + 1):
@@ -223,7 +224,7 @@ def train(
                 metrics.update(verdict.keys())
             window.reset()
             finite = math.isfinite(loss_v) and math.isfinite(norm_v)
-            if save is not None and every and step % every == 0 and not done and finite:
+            if save is not None and every and step % every == 0 and finite and not done:
                 marks.add(step)
                 save(metrics, checkpoint.capture(step, state, marks.healthy(step)))
             else:
