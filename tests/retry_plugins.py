@@ -57,8 +57,9 @@ def _batches(seed: int, hook: Callable[[int], None]) -> Iterator[tuple[Tensor, T
         yield x[idx], y[idx]
 
 
-def _workload(directory: Path, seed: int, hook: Callable[[int], None]) -> dict[str, Any]:
-    attempt = _attempt(directory)
+def _workload(directory: Path, seed: int, hook: Callable[[int], None],
+              attempt: int | None = None) -> dict[str, Any]:
+    attempt = _attempt(directory) if attempt is None else attempt
     gen = torch.Generator().manual_seed(seed + 1)
     x = torch.randn(128, 4, generator=gen)
     return {"model": Counting(directory / f"forwards-{attempt}"), "train": _batches(seed, hook),
@@ -89,3 +90,32 @@ def raises(options: dict[str, Any], seed: int) -> dict[str, Any]:
             raise ValueError(f"boom at batch {drawn}")
 
     return _workload(Path(options["dir"]), seed, hook)
+
+
+def by_start_order(options: dict[str, Any], seed: int) -> dict[str, Any]:
+    """Three trials with three roles, by the order in which their trials first start: the
+    first trains slowly (``sleep`` seconds a batch), the second raises once before batch
+    ``raise_at``, the third trains plainly. Writes ``starts``: ``attempt pid trial_id``
+    per attempt."""
+    from ray import tune
+
+    directory = Path(options["dir"])
+    trial_id = tune.get_context().get_trial_id()
+    attempt = _attempt(directory)
+    with open(directory / "starts", "a") as f:
+        f.write(f"{attempt} {os.getpid()} {trial_id}\n")
+    seen: list[str] = []
+    for line in (directory / "starts").read_text().splitlines():
+        if line.split()[2] not in seen:
+            seen.append(line.split()[2])
+    role = seen.index(trial_id)
+    raised = directory / "raised"
+
+    def hook(drawn: int) -> None:
+        if role == 0:
+            time.sleep(options["sleep"])
+        elif role == 1 and drawn == options["raise_at"] and not raised.exists():
+            raised.write_text(trial_id)
+            raise RuntimeError(f"raised once at batch {drawn}")
+
+    return _workload(directory, seed, hook, attempt)

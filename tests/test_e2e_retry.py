@@ -138,3 +138,27 @@ def test_a_killed_worker_without_retries_fails_as_a_lost_worker(ray_session, tin
     assert record.outcome is Outcome.FAILED and record.failures == 1
     assert record.error is not None and record.error.startswith("worker died")
     assert run.data.tags["gradtune.failure"] == record.error and run.info.status == "FAILED"
+
+
+def test_a_retry_resumes_on_a_reused_actor(ray_session, tiny_spec, tmp_path):
+    """Tune reuses actors (reuse_actors=True): with both CPUs busy, the failed trial waits
+    for a slot, and gets the worker process another trial finished on; it still resumes
+    from its own checkpoint."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    spec = plugin_spec(tiny_spec, "e2e-reuse", "by_start_order",
+                       {"dir": str(marks), "sleep": 0.15, "raise_at": 12},
+                       **{"search.space": {"norm": "none", "clip_method": "none", "batch_size": 32,
+                                           "init_scale": [0.5, 1.0, 2.0]},
+                          "search.max_concurrent": 3, "resources.max_failures": 1})
+    result = sweep.run(spec, verbose=0)
+
+    assert [r.outcome for r in result.trials] == [Outcome.COMPLETED] * 3
+    starts = [line.split() for line in (marks / "starts").read_text().splitlines()]
+    raiser = (marks / "raised").read_text()
+    mine = [(int(a), int(pid)) for a, pid, t in starts if t == raiser]
+    others = {int(pid) for _, pid, t in starts if t != raiser}
+    assert len(mine) == 2 and mine[1][1] in others  # the retry ran in another trial's worker
+    assert forwards(marks, mine[0][0]) == 11 and forwards(marks, mine[1][0]) == 30  # from step 10
+    (record,) = [r for r in result.trials if r.trial_id == raiser]
+    assert record.failures == 1
