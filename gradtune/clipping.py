@@ -15,6 +15,10 @@ zclip      z-score over an EMA of the norm; outliers are scaled to
            ``mean + z^2 std / z_t`` (Kumar et al. 2025, "adaptive scaling"), after 25 warm-up steps
 =========  ==========================================================================
 
+``autoclip`` and ``zclip`` keep state (the history of norms; the EMA), which a trial
+checkpoint saves with ``state_dict()`` and restores with ``load_state_dict()``; the other
+methods keep none.
+
 NaN and inf: a non-finite gradient norm is returned as it is (the trial's divergence check
 acts on it). What the clipper then leaves in the gradients (unchanged, or their finite part
 scaled to 0 on an inf norm) does not matter: the trial stops, or under fp16 loss scaling the
@@ -24,7 +28,7 @@ step is skipped. ``autoclip`` and ``zclip`` keep non-finite norms out of their s
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -149,6 +153,14 @@ class AutoClip:
         _scale_to(grads, limit, norm)
         return norm, norm > limit
 
+    def state_dict(self) -> dict[str, Any]:
+        """The history of norms, one tensor (NaN where a norm was not finite)."""
+        history = torch.stack(self.history) if self.history else torch.zeros(0)
+        return {"history": history.detach().clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history = list(state["history"].unbind())
+
 
 class ZClip:
     """Z-score clipping over an EMA of the gradient norm (mean and variance).
@@ -187,6 +199,17 @@ class ZClip:
         self.mean = self.alpha * self.mean + (1 - self.alpha) * effective
         self.var = self.alpha * self.var + (1 - self.alpha) * (effective - self.mean) ** 2
         return norm, over
+
+    def state_dict(self) -> dict[str, Any]:
+        """The warm-up norms so far and the EMA mean and variance (``None`` in warm-up)."""
+        def copy(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.detach().clone()
+        buffer = torch.stack(self.buffer).detach().clone() if self.buffer else torch.zeros(0)
+        return {"buffer": buffer, "mean": copy(self.mean), "var": copy(self.var)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.buffer = list(state["buffer"].unbind())
+        self.mean, self.var = state["mean"], state["var"]
 
 
 # The clip methods that take a threshold, by name, in the order error messages list them;

@@ -53,6 +53,10 @@ DIVERGED = "diverged"  # 1 when the trial's own monitor reached a verdict
 REASON = "divergence_reason"
 DIVERGENCE_STEP = "divergence_step"
 NODE_ID = "node_id"  # the Ray node the trial ran on (added by the trainable)
+# The step of the trial's last healthy checkpoint (taken before any verdict and at least the
+# divergence rules' window before this report), 0 while there is none; what a rescue would
+# roll back to.
+HEALTHY_STEP = "healthy_checkpoint_step"
 
 # The metrics a trial reports (README "What each trial reports"); NaN and inf as measured.
 METRICS: tuple[str, ...] = (
@@ -60,7 +64,7 @@ METRICS: tuple[str, ...] = (
     "val_loss", "val_accuracy",
 )
 # Reported numbers that are not per-step metrics (``diverged`` is: a 0/1 curve).
-NOT_METRICS = frozenset({STEP, FINAL, DIVERGENCE_STEP, NODE_ID, "trial_id", "done"})
+NOT_METRICS = frozenset({STEP, FINAL, DIVERGENCE_STEP, NODE_ID, HEALTHY_STEP, "trial_id", "done"})
 # What a trial's record keeps of its last result.
 RECORDED: tuple[str, ...] = (STEP, *METRICS, DIVERGED, REASON, DIVERGENCE_STEP, FINAL, NODE_ID)
 
@@ -109,7 +113,9 @@ def finite(value: Any) -> float | None:
 @dataclass(frozen=True)
 class TrialRecord:
     """One ended trial: its number (start order), outcome, hyperparameters, the verdict if
-    any, and the :data:`RECORDED` keys of its last result."""
+    any, and the :data:`RECORDED` keys of its last result. A failed trial has its ``error``
+    (one line, :func:`failure_line`); ``failures`` counts every failure of the trial, the
+    retried ones included (a trial that completed after one retry has 1)."""
 
     trial_id: str
     number: int
@@ -117,6 +123,8 @@ class TrialRecord:
     params: dict[str, Any]
     result: dict[str, Any]
     verdict: Verdict | None = None
+    error: str | None = None
+    failures: int = 0
 
     def objective(self, metric: str) -> float | None:
         return finite(self.result.get(metric))
@@ -128,6 +136,10 @@ class TrialRecord:
         }
         if self.verdict is not None:
             out["divergence"] = {"reason": self.verdict.reason, "step": self.verdict.step}
+        if self.error is not None:
+            out["error"] = self.error
+        if self.failures:
+            out["failures"] = self.failures
         clean: dict[str, Any] = strict_json(out)
         return clean
 
@@ -168,9 +180,10 @@ class Ledger:
 
     def end(
         self, trial_id: str, params: dict[str, Any], result: Mapping[str, Any] | None,
-        errored: bool = False,
+        errored: bool = False, error: str | None = None, failures: int = 0,
     ) -> TrialRecord:
-        """The trial's record, made on the first call; later calls return the same one."""
+        """The trial's record, made on the first call; later calls return the same one.
+        ``error`` (why an errored trial failed) is kept, as one line, only when ``errored``."""
         if trial_id in self.records:
             return self.records[trial_id]
         result = result or {}
@@ -179,6 +192,8 @@ class Ledger:
             trial_id=trial_id, number=self.number(trial_id),
             outcome=outcome_of(result, verdict, errored), params=dict(params),
             result={k: result[k] for k in RECORDED if k in result}, verdict=verdict,
+            error=failure_line(error or "failed (no error recorded)") if errored else None,
+            failures=failures,
         )
         self.records[trial_id] = record
         return record
@@ -213,6 +228,16 @@ class Ledger:
             "best": None if best is None else best.to_json(runs.get(best.trial_id)),
             "trials": [r.to_json(runs.get(r.trial_id)) for r in self.ordered()],
         }
+
+
+MAX_ERROR = 300  # characters of a failure's one line (an MLflow tag holds 5000)
+
+
+def failure_line(text: str, limit: int = MAX_ERROR) -> str:
+    """``text`` as one line of at most ``limit`` characters: whitespace runs (newlines
+    included) become one space; a longer line is cut, ending in ``...``."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 3].rstrip() + "..."
 
 
 def strict_json(value: Any) -> Any:

@@ -31,6 +31,11 @@ def summary(result: SweepResult) -> str:
         lines.append(f"    diverged at step {verdict.step}: {verdict.reason}")
     if len(diverged) > 5:
         lines.append(f"    ... and {len(diverged) - 5} more (tag gradtune.outcome=diverged)")
+    failed = [t for t in trials if t.outcome is Outcome.FAILED]
+    for record in failed[:5]:
+        lines.append(f"    failed: {record.error}")
+    if len(failed) > 5:
+        lines.append(f"    ... and {len(failed) - 5} more (tag gradtune.failure)")
     best = result.best()
     metric = spec.search.metric
     if best is None:

@@ -179,6 +179,22 @@ class Monitor:
             return None
         return self._windowed(step)
 
+    def state_dict(self) -> dict[str, Any]:
+        """What the monitor has seen, as plain floats and lists (for a trial checkpoint);
+        NaN and inf are kept as they are."""
+        return {"early": list(self.early), "norms": list(self.norms), "losses": list(self.losses),
+                "ratios": list(self.ratios), "best": self.best, "pending_best": list(self.pending_best)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Go on from ``state`` (from :meth:`state_dict`), as if those steps had been seen."""
+        window = self.cfg.window
+        self.early = [float(v) for v in state["early"]]
+        self.norms = deque(state["norms"], maxlen=window)
+        self.losses = deque(state["losses"], maxlen=window)
+        self.ratios = deque(state["ratios"], maxlen=window)
+        self.best = float(state["best"])
+        self.pending_best = deque(state["pending_best"], maxlen=window)
+
     def _windowed(self, step: int) -> Verdict | None:
         cfg = self.cfg
         full = len(self.norms) == self.norms.maxlen

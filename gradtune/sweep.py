@@ -9,8 +9,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from gradtune import checkpoint, searcher, tracking, trial
 from gradtune import scheduler as sched
-from gradtune import searcher, tracking, trial
 from gradtune.errors import GradtuneError
 from gradtune.interrupt import Interrupt
 from gradtune.outcome import Ledger, TrialRecord
@@ -142,7 +142,10 @@ def _execute(spec: SweepSpec, path: str, parent_id: str | None, address: str | N
                     name=os.path.basename(path),
                     storage_path=os.path.dirname(path),
                     callbacks=callbacks,
-                    failure_config=tune.FailureConfig(max_failures=0),
+                    # A trial that raises or loses its worker is retried from its last checkpoint.
+                    failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=checkpoint.keep(
+                        spec.training.checkpoint_every, spec.divergence.window)),
                     verbose=verbose,
                 ),
             )

@@ -24,7 +24,7 @@ from typing import Any
 from mlflow.entities import RunTag
 from ray.tune import Callback
 
-from gradtune import outcome
+from gradtune import failure, outcome
 from gradtune import spec as spec_mod
 from gradtune.outcome import Ledger, Outcome, TrialRecord
 from gradtune.params import trial_params
@@ -215,6 +215,12 @@ class MLflowTracking(Callback):
         key = self.runs.get(trial.trial_id)
         if key is None or self.writer is None:
             return
+        # A retry reports again the steps between its checkpoint and the failure: the first
+        # report of a step stands (on CPU the two are the same).
+        step = int(result.get(outcome.STEP, 0))
+        if step and step <= self.logged_step.get(trial.trial_id, 0):
+            return
+        self.logged_step[trial.trial_id] = step
         if result.get("training_iteration") == 1 and result.get(outcome.NODE_ID):
             self.writer.put("tags", key, tags={"gradtune.node_id": str(result[outcome.NODE_ID])})
         step = int(result.get(outcome.STEP, 0))
@@ -234,9 +240,14 @@ class MLflowTracking(Callback):
         if key is None or self.writer is None or trial.trial_id in self.ended:
             return
         self.ended.add(trial.trial_id)
+        failures = int(getattr(trial, "num_failures", 0) or 0)
+        failed = failure.of_trial(trial) if errored or failures else None
         record = self.ledger.end(trial.trial_id, trial_params(self.spec, trial.config),
-                                 trial.last_result, errored)
+                                 trial.last_result, errored, error=failed.reason if failed else None,
+                                 failures=failures)
         self.writer.put("tags", key, tags={t.key: t.value for t in end_tags(record)})
+        if failed is not None and failed.details:  # every failure, with tracebacks
+            self.writer.put("text", key, path="error.txt", text=failed.details)
         self.writer.put("end", key, status=RUN_STATUS[record.outcome], end_time=_now())
 
 
@@ -269,11 +280,17 @@ class MLflowTracking(Callback):
 
 
 def end_tags(record: TrialRecord) -> list[RunTag]:
-    """``gradtune.outcome``, the divergence reason and step, and the node it ran on."""
+    """``gradtune.outcome``, the divergence reason and step, why it failed
+    (``gradtune.failure``, one line) and how many failures it had, retried ones included
+    (``gradtune.failures``), and the node it ran on."""
     tags = [RunTag("gradtune.outcome", record.outcome.value)]
     if record.verdict is not None:
         tags.append(RunTag("gradtune.divergence_reason", record.verdict.reason))
         tags.append(RunTag("gradtune.divergence_step", str(record.verdict.step)))
+    if record.error is not None:
+        tags.append(RunTag("gradtune.failure", record.error))
+    if record.failures:
+        tags.append(RunTag("gradtune.failures", str(record.failures)))
     node = record.result.get(outcome.NODE_ID)
     if node:
         tags.append(RunTag("gradtune.node_id", str(node)))

@@ -10,21 +10,30 @@ Reported metrics (every report): ``step``, ``train_loss`` (mean over the window)
 changed the gradient), ``update_ratio`` (||dw|| / ||w|| of the last step), ``lr``,
 ``val_loss`` and ``val_accuracy`` (latest evaluation), ``diverged`` (0/1), ``final`` (0/1).
 
+Every ``checkpoint_every`` steps the report carries a checkpoint of the whole trial
+(:mod:`gradtune.checkpoint`), and every report says the step of the last healthy one
+(``healthy_checkpoint_step``, 0 for none). Given a checkpoint (Tune's, after a retry), the
+trial goes on after its step: the reports continue from there, and on CPU they are those
+of the uninterrupted trial.
+
 NaN and inf: the monitor sees every step's loss and gradient norm. On a verdict (always on a
 non-finite value) the trial evaluates once, reports at once with ``diverged=1``,
 ``divergence_reason`` and ``divergence_step``, and returns: no compute after the verdict.
+No checkpoint is taken at a step with a non-finite loss or gradient norm (an fp16 overflow
+step) nor with a verdict.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import tempfile
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
 
-from gradtune import clipping, outcome, signals, telemetry, workloads
+from gradtune import checkpoint, clipping, outcome, signals, telemetry, workloads
 from gradtune.outcome import Verdict
 from gradtune.params import OPTIMIZERS, trial_params
 from gradtune.precision import Precision
@@ -35,6 +44,7 @@ log = logging.getLogger(__name__)
 MAX_OVERFLOWS = 20  # fp16: consecutive skipped steps that count as divergence
 
 Report = Callable[[dict[str, Any]], None]
+Save = Callable[[dict[str, Any], dict[str, Any]], None]  # (metrics, state): report with a checkpoint
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -65,6 +75,9 @@ class Window:
     """Per-report aggregates of the per-step values."""
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
         self.loss_sum = 0.0
         self.steps = 0
         self.clipped = 0
@@ -83,6 +96,12 @@ class Window:
             "grad_norm_max": self.norm_max,
             "clip_fraction": self.clipped / max(self.steps, 1),
         }
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        vars(self).update(state)
 
 
 class Judge:
@@ -105,19 +124,34 @@ class Judge:
             verdict = Verdict(f"fp16 gradients overflowed {self.overflows} steps in a row", step)
         return verdict
 
+    def state_dict(self) -> dict[str, Any]:
+        """The overflow count and the monitor's state (``None`` for a monitor without one)."""
+        monitor = self.monitor.state_dict() if isinstance(self.monitor, checkpoint.Stateful) else None
+        return {"overflows": self.overflows, "monitor": monitor}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.overflows = int(state["overflows"])
+        if state["monitor"] is not None and isinstance(self.monitor, checkpoint.Stateful):
+            self.monitor.load_state_dict(state["monitor"])
+
 
 class StepMonitor(Protocol):
     def update(self, step: int, loss: float, grad_norm: float, ratio: float) -> Verdict | None: ...
 
 
 def train(
-    spec: SweepSpec, config: dict[str, Any], report: Report, monitor: StepMonitor | None = None
+    spec: SweepSpec, config: dict[str, Any], report: Report, monitor: StepMonitor | None = None,
+    save: Save | None = None, resume: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train one configuration; call ``report(metrics)`` every ``report_every`` steps and
     at the end. Returns the last metrics reported.
 
     ``monitor`` replaces the divergence monitor built from ``spec.divergence`` (the
-    benchmarks pass one that records every step and never stops)."""
+    benchmarks pass one that records every step and never stops). ``save(metrics, state)``,
+    when given, is called instead of ``report`` every ``training.checkpoint_every`` steps:
+    it reports ``metrics`` with a checkpoint of ``state`` (:func:`checkpoint.capture`; write
+    it before returning, it shares tensors with the trial). ``resume``, a state
+    :func:`checkpoint.load` read, makes the trial go on after that state's step."""
     params = trial_params(spec, config)
     t = spec.training
     device = resolve_device(t.device)
@@ -140,9 +174,20 @@ def train(
     val: dict[str, float] = {}
     window = Window()
     metrics: dict[str, Any] = {}
+    data = checkpoint.Position(wl.train_batches)
+    marks = checkpoint.Marks(spec.divergence.window)
+    every = t.checkpoint_every if save is not None else None
+    # Everything that a checkpoint saves; a restore puts it back and the loop goes on.
+    state = {"model": model, "optimizer": optimizer, "schedule": schedule, "scaler": amp.scaler,
+             "clipper": clip, "judge": judge, "window": window, "val": val, "data": data,
+             "marks": marks}
+    start = 1
+    if resume is not None:
+        start = checkpoint.restore(resume, state) + 1
+        log.info("trial resumed from its checkpoint at step %d", start - 1)
 
-    for step in range(1, t.steps + 1):
-        x, y = next(wl.train_batches)
+    for step in range(start, t.steps + 1):
+        x, y = next(data)
         with amp.autocast():
             loss = wl.loss_fn(model(x), y)
         optimizer.zero_grad(set_to_none=True)
@@ -162,7 +207,7 @@ def train(
         verdict = judge(step, loss_v, norm_v, ratio_v)
         done = verdict is not None or step == t.steps
         if done or step % eval_every == 0:
-            val = workloads.evaluate(wl)
+            val.update(workloads.evaluate(wl))
         if done or step % t.report_every == 0:
             metrics = {
                 outcome.STEP: step,
@@ -173,11 +218,17 @@ def train(
                 **val,
                 outcome.DIVERGED: 0,
                 outcome.FINAL: int(done),
+                outcome.HEALTHY_STEP: marks.healthy(step),
             }
             if verdict is not None:
                 metrics.update(verdict.keys())
-            report(metrics)
-            window = Window()
+            window.reset()
+            finite = math.isfinite(loss_v) and math.isfinite(norm_v)
+            if save is not None and every and step % every == 0 and finite and not done:
+                marks.add(step)
+                save(metrics, checkpoint.capture(step, state, marks.healthy(step)))
+            else:
+                report(metrics)
         if verdict is not None:
             log.info("trial diverged at step %d: %s", verdict.step, verdict.reason)
             break
@@ -192,4 +243,22 @@ def trainable(config: dict[str, Any], spec_data: dict[str, Any]) -> None:
     spec = SweepSpec.model_validate(spec_data)
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
     node_id = ray.get_runtime_context().get_node_id()
-    train(spec, config, lambda metrics: tune.report({**metrics, outcome.NODE_ID: node_id}))
+
+    def report(metrics: dict[str, Any]) -> None:
+        tune.report({**metrics, outcome.NODE_ID: node_id})
+
+    def save(metrics: dict[str, Any], state: dict[str, Any]) -> None:
+        # Written on local disk first; Tune copies it into the sweep's storage before
+        # report returns, and keeps the last few (CheckpointConfig in sweep.run).
+        with tempfile.TemporaryDirectory(prefix="gradtune-checkpoint-") as directory:
+            checkpoint.save(state, directory)
+            found = tune.Checkpoint.from_directory(directory)
+            found.set_metadata({"step": state["step"], "healthy_step": state["healthy_step"]})
+            tune.report({**metrics, outcome.NODE_ID: node_id}, checkpoint=found)
+
+    resume = None
+    latest = tune.get_checkpoint()  # a retry: the last checkpoint the trial reported
+    if latest is not None:
+        with latest.as_directory() as directory:
+            resume = checkpoint.load(directory)
+    train(spec, config, report, save=save, resume=resume)

@@ -13,7 +13,7 @@ FLOORS = [
     {"params"},
     {"spec"},
     {"signals", "search_space", "workloads", "clipping", "telemetry", "precision", "feasibility",
-     "writer"},
+     "writer", "checkpoint", "failure"},
     {"trial", "searcher", "scheduler", "tracking"},
     {"progress"},
     {"sweep"},

@@ -9,7 +9,7 @@ import pickle
 import pytest
 
 from gradtune import outcome
-from gradtune.outcome import Ledger, Outcome, Verdict
+from gradtune.outcome import MAX_ERROR, Ledger, Outcome, Verdict, failure_line
 
 
 def test_a_verdict_round_trips_through_a_report():
@@ -93,3 +93,17 @@ def test_finite():
     assert outcome.finite(1) == 1.0 and outcome.finite(0.5) == 0.5
     assert outcome.finite(math.nan) is None and outcome.finite(-math.inf) is None
     assert outcome.finite(True) is None and outcome.finite("1") is None
+
+
+def test_a_failed_trial_keeps_its_reason_on_one_line_and_its_failures():
+    ledger = Ledger()
+    record = ledger.end("t", {}, {"step": 10}, errored=True, error="ValueError: boom\n  at line 3",
+                        failures=3)
+    assert record.outcome is Outcome.FAILED and record.error == "ValueError: boom at line 3"
+    assert record.failures == 3
+    assert record.to_json()["error"] == "ValueError: boom at line 3" and record.to_json()["failures"] == 3
+    retried = ledger.end("r", {}, {"step": 40, "final": 1}, error="worker died", failures=1)
+    assert retried.outcome is Outcome.COMPLETED and retried.error is None and retried.failures == 1
+    assert "error" not in retried.to_json() and retried.to_json()["failures"] == 1
+    assert ledger.end("n", {}, None, errored=True).error == "failed (no error recorded)"
+    assert failure_line("x" * 400) == "x" * (MAX_ERROR - 3) + "..."

@@ -55,3 +55,14 @@ def test_summary_names_records_left_unsent_and_the_sync_command():
         "    /tmp/x/my sweep/mlflow-spool.jsonl; send them with:",
         "    python -m gradtune sync '/tmp/x/my sweep/mlflow-spool.jsonl' --tracking-uri http://127.0.0.1:5000",
     ]
+
+
+def test_summary_lists_failed_trials_with_their_reason():
+    ledger = Ledger()
+    ledger.end("good", {"norm": "layer"}, {"final": 1, "val_loss": 0.2})
+    ledger.end("bad", {}, {"step": 10}, errored=True, error="ValueError: boom at batch 12", failures=3)
+    ledger.end("lost", {}, {"step": 5}, errored=True, error="worker died (ActorDiedError): exit code 2")
+    lines = report.summary(sweep_result(ledger)).splitlines()
+    assert "  completed: 1  diverged: 0  pruned: 0  failed: 2" in lines
+    assert "    failed: ValueError: boom at batch 12" in lines
+    assert "    failed: worker died (ActorDiedError): exit code 2" in lines

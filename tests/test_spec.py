@@ -66,6 +66,10 @@ search:
         ("search: {sampler: grid}\n", "search.space.clip_threshold: the grid sampler needs a list"),
         ("search: {sampler: annealing}\n", "s.yaml: search.sampler: Input should be"),
         ("resources: {gpu: -1}\n", "s.yaml: resources.gpu:"),
+        ("resources: {max_failures: -1}\n", "s.yaml: resources.max_failures: Input should be greater than or"),
+        ("training: {checkpoint_every: 25}\n",
+         "s.yaml: training.checkpoint_every: must be a multiple of training.report_every (10), but got 25"),
+        ("training: {checkpoint_every: -10}\n", "s.yaml: training.checkpoint_every: Input should be greater"),
         ("- a\n- b\n", "a spec must be a mapping"),
         ("a: [\n", "invalid YAML"),
     ],
@@ -131,3 +135,13 @@ def test_spec_is_frozen_and_dump_round_trips():
 
 def test_experiment_defaults_to_name():
     assert SweepSpec(name="abc").experiment == "abc"
+
+
+def test_checkpoint_every_defaults_to_50_steps_on_the_report_grid():
+    assert SweepSpec().training.checkpoint_every == 50 and SweepSpec().resources.max_failures == 2
+    assert spec_mod.load(None, {"training.report_every": 15}).training.checkpoint_every == 60
+    assert spec_mod.load(None, {"training.report_every": 100}).training.checkpoint_every == 100
+    for off in (0, None):
+        assert spec_mod.load(None, {"training.checkpoint_every": off}).training.checkpoint_every == off
+    spec = spec_mod.load(None, {"training.report_every": 5, "training.checkpoint_every": 20})
+    assert spec_mod.validate(spec.model_dump(mode="json")) == spec  # the resolved value round-trips

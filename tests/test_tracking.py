@@ -52,3 +52,18 @@ def test_relative_sqlite_uri_becomes_absolute(tmp_path, monkeypatch):
     assert tracking.resolve_uri("sqlite:///mlflow.db") == f"sqlite:///{tmp_path}/mlflow.db"
     assert tracking.resolve_uri("sqlite:////abs/m.db") == "sqlite:////abs/m.db"
     assert tracking.resolve_uri("http://h:5000") == "http://h:5000"
+
+
+def test_end_tags_say_why_a_trial_failed_and_how_often():
+    ledger = Ledger()
+    failed = ledger.end("f", {}, {"step": 10}, errored=True, error="ValueError: boom", failures=3)
+    tags = {t.key: t.value for t in tracking.end_tags(failed)}
+    assert tags == {"gradtune.outcome": "failed", "gradtune.failure": "ValueError: boom",
+                    "gradtune.failures": "3"}
+    retried = ledger.end("r", {}, {"step": 40, "final": 1}, failures=1)
+    assert {t.key: t.value for t in tracking.end_tags(retried)} == {
+        "gradtune.outcome": "completed", "gradtune.failures": "1"}
+
+
+def test_healthy_checkpoint_step_is_not_a_metric():
+    assert not tracking.metrics_of({"step": 30, "healthy_checkpoint_step": 10}, 0)

@@ -21,6 +21,7 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     StrictStr,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -78,6 +79,9 @@ class OptimizerSpec(_Frozen):
         return name
 
 
+CHECKPOINT_EVERY = 50  # steps; the default checkpoint interval (docs/performance.md: its cost)
+
+
 class TrainingSpec(_Frozen):
     steps: int = Field(default=300, gt=0)
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
@@ -87,6 +91,27 @@ class TrainingSpec(_Frozen):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast; fp16 adds a grad scaler
+    # Steps between trial checkpoints (0 or null: none); a multiple of report_every. Not
+    # given: CHECKPOINT_EVERY rounded up to a multiple of report_every.
+    checkpoint_every: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_checkpoint_every(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "checkpoint_every" not in data:
+            every = data.get("report_every", cls.model_fields["report_every"].default)
+            if isinstance(every, int) and every > 0:
+                data = {**data, "checkpoint_every": -(-CHECKPOINT_EVERY // every) * every}
+        return data
+
+    @field_validator("checkpoint_every")
+    @classmethod
+    def _multiple_of_report_every(cls, every: int | None, info: ValidationInfo) -> int | None:
+        report_every = info.data.get("report_every")
+        if every and report_every and every % report_every:
+            raise ValueError(f"must be a multiple of training.report_every ({report_every}), "
+                             f"but got {every}")
+        return every
 
 
 def _default_space() -> dict[str, Any]:
@@ -124,6 +149,7 @@ class SearchSpec(_Frozen):
 class ResourcesSpec(_Frozen):
     cpu: float = Field(default=1.0, gt=0)
     gpu: float = Field(default=0.0, ge=0)
+    max_failures: int = Field(default=2, ge=0)  # retries of a failed trial, from its last checkpoint
 
 
 class TrackingSpec(_Frozen):

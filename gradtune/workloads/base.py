@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -33,19 +34,97 @@ class Workload:
     warmup_steps: int = 0
 
 
+class ShuffledBatches(Iterator[Batch]):
+    """Endless seeded epochs over in-memory tensors: cheaper than a DataLoader for small data.
+
+    Restorable: ``state_dict()`` is the generator's state at the start of the current epoch
+    and the position in it, so ``load_state_dict`` redraws that epoch's order and goes on
+    with exactly the batches an uninterrupted stream would give."""
+
+    def __init__(self, x: Tensor, y: Tensor, batch_size: int, seed: int, drop_last: bool = True) -> None:
+        self.x, self.y = x, y
+        self.gen = torch.Generator().manual_seed(seed)
+        n = x.shape[0]
+        self.size = min(batch_size, n)
+        self.starts = range(0, n - self.size + 1 if drop_last else n, self.size)
+        self.epoch_rng = self.gen.get_state()
+        self.order = self._shuffle()
+        self.position = 0  # index into starts of the next batch
+
+    def _shuffle(self) -> Tensor:
+        return torch.randperm(self.x.shape[0], generator=self.gen).to(self.x.device)
+
+    def __next__(self) -> Batch:
+        if self.position == len(self.starts):
+            self.epoch_rng = self.gen.get_state()
+            self.order = self._shuffle()
+            self.position = 0
+        start = self.starts[self.position]
+        self.position += 1
+        idx = self.order[start : start + self.size]
+        return self.x[idx], self.y[idx]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch_rng": self.epoch_rng.clone(), "position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.gen.set_state(state["epoch_rng"])
+        self.epoch_rng = self.gen.get_state()
+        self.order = self._shuffle()
+        self.position = int(state["position"])
+
+
 def shuffled_batches(
     x: Tensor, y: Tensor, batch_size: int, seed: int, drop_last: bool = True
-) -> Iterator[Batch]:
-    """Endless seeded epochs over in-memory tensors: cheaper than a DataLoader for small data."""
-    gen = torch.Generator().manual_seed(seed)
-    n = x.shape[0]
-    size = min(batch_size, n)
-    while True:
-        order = torch.randperm(n, generator=gen).to(x.device)
-        stop = n - size + 1 if drop_last else n
-        for start in range(0, stop, size):
-            idx = order[start : start + size]
-            yield x[idx], y[idx]
+) -> ShuffledBatches:
+    """Endless seeded epochs over in-memory tensors (:class:`ShuffledBatches`)."""
+    return ShuffledBatches(x, y, batch_size, seed, drop_last)
+
+
+class GeneratedBatches(Iterator[Batch]):
+    """Endless fresh batches ``make(gen)`` from a seeded generator, moved to ``device``.
+    Restorable: the state is the generator's."""
+
+    def __init__(self, make: Callable[[torch.Generator], Batch], seed: int, device: torch.device) -> None:
+        self.make = make
+        self.gen = torch.Generator().manual_seed(seed)
+        self.device = device
+
+    def __next__(self) -> Batch:
+        x, y = self.make(self.gen)
+        return x.to(self.device), y.to(self.device)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.gen.set_state(state["rng"])
+
+
+class RestorableBatches(Protocol):
+    """An endless batch stream that can say where it is and go back there."""
+
+    def __next__(self) -> Batch: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class MappedBatches(Iterator[Batch]):
+    """``fn`` applied to each batch of a restorable ``source`` (``fn`` a pure function, e.g.
+    normalisation); the state is the source's."""
+
+    def __init__(self, source: RestorableBatches, fn: Callable[[Batch], Batch]) -> None:
+        self.source = source
+        self.fn = fn
+
+    def __next__(self) -> Batch:
+        return self.fn(next(self.source))
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.source.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.source.load_state_dict(state)
 
 
 def chunks(x: Tensor, y: Tensor, size: int = 1024) -> list[Batch]:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from gradtune.workloads import datasets
-from gradtune.workloads.base import Batch, Workload, chunks, shuffled_batches
+from gradtune.workloads.base import Batch, MappedBatches, Workload, chunks, shuffled_batches
 from gradtune.workloads.catalog import BUILTIN, resolve
 from gradtune.workloads.layers import GAINS, conv_norm_layer, scale_init
 
@@ -65,12 +65,18 @@ def network(arch: str, channels: int, width: int, depth: int, norm: str) -> nn.S
     return nn.Sequential(*layers)
 
 
+def standardise(batch: Batch, mean: Tensor, std: Tensor) -> Batch:
+    """uint8 images to floats, standardised per channel (other dtypes as they are)."""
+    x, y = batch
+    return ((x.float().div_(255.0) - mean) / std if x.dtype == torch.uint8 else x), y
+
+
 def normalised(
     batches: Iterator[Batch], mean: Tensor, std: Tensor
 ) -> Iterator[Batch]:
-    """uint8 images to floats, standardised per channel, batch by batch (keeps memory low)."""
-    for x, y in batches:
-        yield (x.float().div_(255.0) - mean) / std if x.dtype == torch.uint8 else x, y
+    """:func:`standardise`, batch by batch (keeps memory low)."""
+    for batch in batches:
+        yield standardise(batch, mean, std)
 
 
 def build(
@@ -87,8 +93,9 @@ def build(
     scale_init(model, params["init_scale"], GAINS["relu"])
     return Workload(
         model=model.to(device),
-        train_batches=normalised(
-            shuffled_batches(x_tr, y_tr, params["batch_size"], seed), mean_t, std_t
+        train_batches=MappedBatches(
+            shuffled_batches(x_tr, y_tr, params["batch_size"], seed),
+            lambda batch: standardise(batch, mean_t, std_t),
         ),
         val_batches=val,
         loss_fn=nn.functional.cross_entropy,

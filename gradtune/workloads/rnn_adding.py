@@ -15,13 +15,12 @@ pre-activation at every step (a LayerNorm-RNN for ``layer``, Ba et al. 2016).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from gradtune.workloads.base import Batch, Workload, chunks
+from gradtune.workloads.base import Batch, GeneratedBatches, Workload, chunks
 from gradtune.workloads.catalog import BUILTIN, resolve
 from gradtune.workloads.layers import GAINS, norm_layer, scale_init
 
@@ -48,11 +47,8 @@ def adding_batch(batch: int, seq_len: int, gen: torch.Generator) -> Batch:
 
 def fresh_batches(
     batch: int, seq_len: int, seed: int, device: torch.device
-) -> Iterator[Batch]:
-    gen = torch.Generator().manual_seed(seed)
-    while True:
-        x, y = adding_batch(batch, seq_len, gen)
-        yield x.to(device), y.to(device)
+) -> GeneratedBatches:
+    return GeneratedBatches(lambda gen: adding_batch(batch, seq_len, gen), seed, device)
 
 
 class RNN(nn.Module):

@@ -16,14 +16,13 @@ trains. ``warmup_steps`` is this workload's LR warmup, used when the spec sets n
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from gradtune.errors import GradtuneError
-from gradtune.workloads.base import Batch, Workload, chunks
+from gradtune.workloads.base import Batch, GeneratedBatches, Workload, chunks
 from gradtune.workloads.catalog import BUILTIN, resolve
 from gradtune.workloads.layers import scale_init, token_norm_layer
 
@@ -39,11 +38,8 @@ def reversal_batch(batch: int, seq_len: int, vocab: int, gen: torch.Generator) -
 
 def fresh_batches(
     batch: int, seq_len: int, vocab: int, seed: int, device: torch.device
-) -> Iterator[Batch]:
-    gen = torch.Generator().manual_seed(seed)
-    while True:
-        x, y = reversal_batch(batch, seq_len, vocab, gen)
-        yield x.to(device), y.to(device)
+) -> GeneratedBatches:
+    return GeneratedBatches(lambda gen: reversal_batch(batch, seq_len, vocab, gen), seed, device)
 
 
 class Attention(nn.Module):
