@@ -52,6 +52,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         # A Ray of the sweep's own stays on loopback: on Linux, Ray advertises the routable
         # IP and listens on every interface unless this is 0. Ray reads it on import.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    from gradtune import address
+
+    address.probe(args.address)  # a dead cluster says so before the imports below
     # Imported here: validate/ui must not pay for torch and Ray.
     from gradtune import report, sweep
 
@@ -77,12 +80,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    from gradtune.credentials import redact
     from gradtune.tracking import resolve_uri
 
     uri = resolve_uri(args.tracking_uri)
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-               "--host", args.host, "--port", str(args.port)]
-    print(f"MLflow UI for {uri} at http://{args.host}:{args.port}", flush=True)
+    # Through the environment (mlflow reads it), so a database password stays out of `ps`.
+    os.environ["MLFLOW_BACKEND_STORE_URI"] = uri
+    command = [sys.executable, "-m", "mlflow", "ui", "--host", args.host, "--port", str(args.port)]
+    print(f"MLflow UI for {redact(uri)} at http://{args.host}:{args.port}", flush=True)
     os.execv(sys.executable, command)
     return 0  # not reached
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
+from gradtune.credentials import redact
 from gradtune.outcome import Outcome
 from gradtune.sweep import SweepResult
 
@@ -15,7 +16,7 @@ def _fmt(value: Any) -> str:
 
 def summary(result: SweepResult) -> str:
     """Counts per outcome, the best trial's hyperparameters and metrics, and the command
-    that opens the MLflow UI on the store the sweep wrote."""
+    that opens the MLflow UI on the store the sweep wrote (credentials redacted)."""
     spec = result.spec
     counts = result.counts()
     trials = result.trials
@@ -40,7 +41,7 @@ def summary(result: SweepResult) -> str:
                      + ", ".join(f"{k}={_fmt(v)}" for k, v in shown.items()))
         lines.append("    " + ", ".join(f"{k}={_fmt(v)}" for k, v in best.params.items()))
         lines.append(f"    MLflow run {result.runs.get(best.trial_id)}")
-    uri = result.tracking_uri
+    uri = redact(result.tracking_uri)  # a database URI may hold a password
     ui = uri if uri.startswith(("http://", "https://")) else (
         f"python -m gradtune ui --tracking-uri {shlex.quote(uri)}")
     lines += [

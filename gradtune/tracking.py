@@ -11,11 +11,13 @@ last numbers are visible in the UI; non-numeric result values are not logged as 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
-import re
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
@@ -24,6 +26,7 @@ from ray.tune import Callback
 
 from gradtune import outcome
 from gradtune import spec as spec_mod
+from gradtune.credentials import redact
 from gradtune.outcome import Ledger, Outcome, TrialRecord
 from gradtune.params import trial_params
 from gradtune.spec import SweepSpec
@@ -95,9 +98,13 @@ class MLflowTracking(Callback):
     def start(self) -> str:
         """Create the experiment (if needed) and the parent run; returns its id. Called
         by the sweep before Tune starts, so a bad tracking URI fails before any trial."""
-        self.client = MlflowClient(tracking_uri=self.tracking_uri)
-        exp = self.client.get_experiment_by_name(self.experiment)
-        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(self.experiment)
+        # MLflow prints "View run ... at: <URI>" at every run's end: noise, and a place where
+        # a URI is shown; gradtune's summary says where the runs are.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+        with store_lock(self.tracking_uri):  # one store creation, one experiment
+            self.client = MlflowClient(tracking_uri=self.tracking_uri)
+            exp = self.client.get_experiment_by_name(self.experiment)
+            self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(self.experiment)
         run = self.client.create_run(
             self.experiment_id,
             run_name=f"sweep {self.spec.name} {time.strftime('%Y-%m-%d %H:%M:%S')}",
@@ -113,6 +120,15 @@ class MLflowTracking(Callback):
             self.client.log_batch(self.parent_id, params=params[i : i + 100])
         self.client.log_text(self.parent_id, spec_mod.dump(logged), "spec.yaml")
         return self.parent_id
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What Tune pickles into ``tuner.pkl`` (RunConfig.callbacks are part of it): no
+        client and a redacted URI, so credentials in a database URI stay out of the
+        sweep's storage. A restored copy needs its ``tracking_uri`` again before it logs."""
+        state = self.__dict__.copy()
+        state["client"] = None
+        state["tracking_uri"] = redact(self.tracking_uri)
+        return state
 
     def finish(self, status: str = "FINISHED") -> None:
         if self.client is None or self.parent_id is None:
@@ -198,11 +214,6 @@ def end_tags(record: TrialRecord) -> list[RunTag]:
     return tags
 
 
-def redact(uri: str) -> str:
-    """``scheme://user:secret@host/...`` -> ``scheme://***@host/...``; other text unchanged."""
-    return re.sub(r"(?<=://)[^/@\s]+@", "***@", uri)
-
-
 def _param_value(value: Any) -> str:
     text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
     return text[:6000]  # MLflow's param value limit
@@ -220,3 +231,26 @@ def resolve_uri(uri: str) -> str:
         return prefix + os.path.abspath(uri[len(prefix) :])
     return uri
 
+
+def check_store(uri: str) -> None:
+    """Reach the tracking store with one read (a new SQLite store gets its tables, under
+    :func:`store_lock`) and create nothing in it: the sweep asks before it starts Ray."""
+    with store_lock(uri):
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+
+
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """For a SQLite store, an exclusive ``flock`` on ``<db>.lock`` beside the file: two
+    sweeps starting at once on a new store would both create MLflow's tables (one dies
+    with "table experiments already exists") or the same experiment. Other stores: none."""
+    path = uri[len("sqlite:///"):].partition("?")[0] if uri.startswith("sqlite:///") else ""
+    if not path or path == ":memory:" or not os.path.isdir(os.path.dirname(path) or "."):
+        yield  # no file (yet): MLflow says what is wrong with the URI
+        return
+    with open(f"{path}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
