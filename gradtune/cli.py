@@ -45,8 +45,18 @@ def _check_workload(spec: spec_mod.SweepSpec) -> None:
     workloads.check(spec.workload.name, spec.workload.options, spec.search.space)
 
 
+def _check_sizes(spec: spec_mod.SweepSpec, yes: bool) -> None:
+    """Sizes beyond the soft limits (``spec.limits.SOFT``) need ``--yes``: 100000 trials or
+    10^12 steps are more often a slip than a plan."""
+    found = spec_mod.beyond(spec)
+    if found and not yes:
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        raise GradtuneError(f"{found[0]}{more}; add --yes to run it anyway")
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     spec = spec_mod.load(args.spec, _sweep_overrides(args))
+    _check_sizes(spec, args.yes)
     _check_workload(spec)
     if args.address is None and os.environ.get("RAY_ADDRESS", "") in ("", "local"):
         # A Ray of the sweep's own stays on loopback: on Linux, Ray advertises the routable
@@ -65,6 +75,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     spec = spec_mod.load(args.spec, dict(spec_mod.parse_set(item) for item in args.set))
+    _check_sizes(spec, args.yes)
     _check_workload(spec)
     from gradtune import search_space
 
@@ -113,12 +124,15 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--experiment", help="MLflow experiment (default: the spec's name)")
     s.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else local)")
     s.add_argument("--storage", help="Ray Tune storage path or URI for trial results")
+    s.add_argument("--yes", action="store_true",
+                   help="run sizes beyond the safety limits (e.g. over 10000 trials or 10^8 steps)")
     s.set_defaults(func=cmd_sweep)
 
     v = sub.add_parser("validate", help="check a spec without running it")
     v.add_argument("spec")
     v.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     v.add_argument("--print", action="store_true", help="print the resolved spec")
+    v.add_argument("--yes", action="store_true", help="accept sizes beyond the safety limits")
     v.set_defaults(func=cmd_validate)
 
     u = sub.add_parser("ui", help="open the MLflow UI on a tracking store")
