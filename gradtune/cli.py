@@ -47,6 +47,15 @@ def _check_workload(spec: spec_mod.SweepSpec) -> None:
     workloads.check(spec.workload.name, spec.workload.options, spec.search.space)
 
 
+def _check_sizes(spec: spec_mod.SweepSpec, yes: bool) -> None:
+    """Sizes beyond the soft limits (``spec.limits.SOFT``) need ``--yes``: 100000 trials or
+    10^12 steps are more often a slip than a plan."""
+    found = spec_mod.beyond(spec)
+    if found and not yes:
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        raise GradtuneError(f"{found[0]}{more}; add --yes to run it anyway")
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Run (or with ``--resume`` continue) a sweep. Exit 0 when it ran to the end, 128 +
     the signal (130 Ctrl-C, 143 SIGTERM) when a signal stopped it: resumable."""
@@ -58,11 +67,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             raise GradtuneError(f"--resume continues a sweep as it was started; {given[0]} cannot change it")
     else:
         spec = spec_mod.load(args.spec, _sweep_overrides(args))
+        _check_sizes(spec, args.yes)
         _check_workload(spec)
     if args.address is None and os.environ.get("RAY_ADDRESS", "") in ("", "local"):
         # A Ray of the sweep's own stays on loopback: on Linux, Ray advertises the routable
         # IP and listens on every interface unless this is 0. Ray reads it on import.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    from gradtune import address
+
+    address.probe(args.address)  # a dead cluster says so before the imports below
     # Imported here: validate/ui must not pay for torch and Ray.
     from gradtune import report, sweep
 
@@ -83,6 +96,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     spec = spec_mod.load(args.spec, dict(spec_mod.parse_set(item) for item in args.set))
+    _check_sizes(spec, args.yes)
     _check_workload(spec)
     from gradtune import search_space
 
@@ -98,12 +112,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    from gradtune.credentials import redact
     from gradtune.tracking import resolve_uri
 
     uri = resolve_uri(args.tracking_uri)
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-               "--host", args.host, "--port", str(args.port)]
-    print(f"MLflow UI for {uri} at http://{args.host}:{args.port}", flush=True)
+    # Through the environment (mlflow reads it), so a database password stays out of `ps`.
+    os.environ["MLFLOW_BACKEND_STORE_URI"] = uri
+    command = [sys.executable, "-m", "mlflow", "ui", "--host", args.host, "--port", str(args.port)]
+    print(f"MLflow UI for {redact(uri)} at http://{args.host}:{args.port}", flush=True)
     os.execv(sys.executable, command)
     return 0  # not reached
 
@@ -158,6 +174,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--experiment", help="MLflow experiment (default: the spec's name)")
     s.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else local)")
     s.add_argument("--storage", help="Ray Tune storage path or URI for trial results")
+    s.add_argument("--yes", action="store_true",
+                   help="run sizes beyond the safety limits (e.g. over 10000 trials or 10^8 steps)")
     s.add_argument("-v", "--verbose", action="store_true", help="also print Ray Tune's progress table")
     s.add_argument("--resume", metavar="PATH",
                    help="continue an interrupted sweep from its folder (printed when it stopped)")
@@ -167,6 +185,7 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("spec")
     v.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     v.add_argument("--print", action="store_true", help="print the resolved spec")
+    v.add_argument("--yes", action="store_true", help="accept sizes beyond the safety limits")
     v.set_defaults(func=cmd_validate)
 
     u = sub.add_parser("ui", help="open the MLflow UI on a tracking store")

@@ -6,6 +6,7 @@ import shlex
 import signal
 from typing import Any
 
+from gradtune.credentials import redact
 from gradtune.outcome import Outcome
 from gradtune.sweep import SweepResult
 
@@ -16,8 +17,9 @@ def _fmt(value: Any) -> str:
 
 def summary(result: SweepResult) -> str:
     """Counts per outcome, the best trial's hyperparameters and metrics, the command that
-    opens the MLflow UI on the store the sweep wrote, and, when the MLflow server was down
-    at the end, how many records wait in the spool and the command that sends them."""
+    opens the MLflow UI on the store the sweep wrote (credentials redacted), and, when the
+    MLflow server was down at the end, how many records wait in the spool and the command
+    that sends them."""
     spec = result.spec
     counts = result.counts()
     trials = result.trials
@@ -51,7 +53,7 @@ def summary(result: SweepResult) -> str:
         lines.append(f"  stopped by {signal.Signals(result.interrupted).name}: unfinished trials are saved; "
                      "continue with:")
         lines.append(f"    python -m gradtune sweep --resume {shlex.quote(result.storage)}")
-    uri = result.tracking_uri
+    uri = redact(result.tracking_uri)  # a database URI may hold a password
     ui = uri if uri.startswith(("http://", "https://")) else (
         f"python -m gradtune ui --tracking-uri {shlex.quote(uri)}")
     lines += [

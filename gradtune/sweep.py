@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
-from gradtune import checkpoint, searcher, tracking, trial
+from gradtune import address as cluster
+from gradtune import checkpoint, credentials, searcher, tracking, trial
 from gradtune import scheduler as sched
 from gradtune.errors import GradtuneError
 from gradtune.interrupt import Interrupt
@@ -19,6 +22,7 @@ from gradtune.spec import SweepSpec
 from gradtune.spool import SPOOL_NAME
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -64,7 +68,13 @@ def run(spec: SweepSpec, address: str | None = None, search: Any = None, verbose
     stream, gets one line per finished trial (:mod:`gradtune.progress`).
 
     Ctrl-C or SIGTERM stops the sweep (see :class:`Interrupt`); the result then says so
-    (``interrupted``), and :func:`resume` continues it."""
+    (``interrupted``), and :func:`resume` continues it.
+
+    Order: a cluster's GCS port is probed, the tracking store reached (nothing created in
+    it), Ray connected and its resources checked, and only then is the parent run created;
+    so a dead cluster or a missing GPU leaves no run behind. Credentials in the tracking
+    URI stay with the driver's MLflow client: everything else (Tune's state, the workers,
+    MLflow's params and artifacts, the manifest) gets the spec with the URI redacted."""
     name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     path = os.path.join(_storage(spec.storage) or os.path.expanduser("~/ray_results"), name)
     return _execute(spec, path, None, address, search, verbose, progress)
@@ -97,36 +107,35 @@ def _execute(spec: SweepSpec, path: str, parent_id: str | None, address: str | N
     from ray import tune
 
     started = time.monotonic()
-    uri = tracking.resolve_uri(spec.tracking.uri)
+    uri, shown = _tracking_target(spec)
+    own_ray = not ray.is_initialized()
+    remote = own_ray and cluster.probe(address)  # a dead cluster: one line, before all else
+    _tracking_step(uri, lambda: tracking.check_store(uri))
     spool = _spool(os.path.dirname(path), os.path.basename(path))
     ledger = Ledger()  # what happened to each trial: the scheduler writes, the others read
-    tracker = tracking.MLflowTracking(spec, uri, spec.experiment, ledger, spool=spool)
-    try:
-        parent = tracker.start() if parent_id is None else tracker.reopen(parent_id)
-    except Exception as exc:  # a bad URI or an unreachable server: say so in one line
-        raise GradtuneError(f"tracking.uri {uri}: cannot start the MLflow run ({exc})") from None
-
-    own_ray = not ray.is_initialized()
-    status, pending = "FAILED", 0
+    tracker = tracking.MLflowTracking(shown, uri, spec.experiment, ledger, spool=spool)
     interrupt = Interrupt()
+    interrupt.install()
     try:
-        interrupt.install()
-        if own_ray:
-            _init_ray(address)
-            interrupt.install()  # again: ray.init replaced the SIGTERM handler
-        _check_resources(spec, ray.nodes())
-        scheduler = sched.DivergenceScheduler(spec, ledger=ledger)
-        own_search, num_trials = searcher.make(spec, ledger)
+        parent = _connect(spec, address, remote, own_ray, tracker, parent_id)
+    except BaseException:
+        interrupt.uninstall()
+        raise
+    interrupt.install()  # again: ray.init replaced the SIGTERM handler
+    status, pending = "FAILED", 0
+    try:
+        scheduler = sched.DivergenceScheduler(shown, ledger=ledger)
+        own_search, num_trials = searcher.make(shown, ledger)
         search = own_search if search is None else search
         trainable = tune.with_resources(
-            tune.with_parameters(trial.trainable, spec_data=spec.model_dump(mode="json")),
+            tune.with_parameters(trial.trainable, spec_data=shown.model_dump(mode="json")),
             {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
         )
         callbacks: list[Any] = [tracker]
         if progress is not None:
-            callbacks.append(Progress(spec, ledger, num_trials, progress))
+            callbacks.append(Progress(shown, ledger, num_trials, progress))
         if parent_id is None:
-            _write_manifest(path, spec, parent)
+            _write_manifest(path, shown, parent)
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(
@@ -179,7 +188,7 @@ def _write_manifest(path: str, spec: SweepSpec, parent_id: str) -> None:
     own experiment state."""
     os.makedirs(path, exist_ok=True)
     safe = spec.model_copy(update={"tracking": spec.tracking.model_copy(
-        update={"uri": tracking.redact(spec.tracking.uri)})})
+        update={"uri": credentials.redact(spec.tracking.uri)})})
     with open(os.path.join(path, MANIFEST), "w") as f:
         json.dump({"spec": safe.model_dump(mode="json"), "parent_run_id": parent_id}, f, indent=2)
 
@@ -196,6 +205,48 @@ def _rewire(tuner: Any, search: Any, scheduler: Any, callbacks: list[Any], verbo
     internal._run_config.verbose = verbose
 
 
+def _tracking_target(spec: SweepSpec) -> tuple[str, SweepSpec]:
+    """The URI for the driver's MLflow client, and the spec for everyone else. Credentials
+    in an http(s) URI go to MLflow's environment variables (:func:`credentials.for_client`);
+    the spec's URI is redacted, as Tune pickles it into ``tuner.pkl`` (the searcher, the
+    scheduler, the callback) and ships it to every worker."""
+    uri, secrets = credentials.for_client(tracking.resolve_uri(spec.tracking.uri))
+    os.environ.update(secrets)  # MLflow reads them; a local Ray's processes do not get them
+    shown = spec.model_copy(update={"tracking": spec.tracking.model_copy(
+        update={"uri": credentials.redact(spec.tracking.uri)})})
+    return uri, shown
+
+
+def _connect(spec: SweepSpec, address: str | None, remote: bool, own_ray: bool,
+             tracker: tracking.MLflowTracking, parent_id: str | None) -> str:
+    """Ray (started or joined when ``own_ray``), its resources, then the parent run (a new
+    one, or ``parent_id`` reopened): its id. A Ray started here is shut down again if any
+    of it fails."""
+    import ray
+
+    try:
+        if own_ray:
+            _init_ray(address, remote)
+        _check_resources(spec, ray.nodes())
+        start = tracker.start if parent_id is None else lambda: tracker.reopen(parent_id)
+        return _tracking_step(tracker.tracking_uri, start)
+    except BaseException:
+        if own_ray and ray.is_initialized():
+            ray.shutdown()
+        raise
+
+
+def _tracking_step(uri: str, step: Callable[[], T]) -> T:
+    """``step()``; a bad URI, an unreachable server or a refused login is one line."""
+    try:
+        return step()
+    except Exception as exc:
+        detail = credentials.redact(" ".join(str(exc).split()))
+        raise GradtuneError(
+            f"tracking.uri {credentials.redact(uri)}: cannot start the MLflow run ({detail})"
+        ) from None
+
+
 def _storage(path: str | None) -> str | None:
     if path is None or "://" in path:
         return path
@@ -210,16 +261,19 @@ def _spool(storage: str | None, name: str) -> str:
     return os.path.join(root, name, SPOOL_NAME)
 
 
-def _init_ray(address: str | None) -> None:
+def _init_ray(address: str | None, remote: bool = False) -> None:
     """``ray.init`` for the sweep: a cluster at ``address`` (else ``RAY_ADDRESS``), else a
-    local Ray. A cluster that cannot be reached is one line, with the usual cause."""
+    local Ray. A cluster that cannot be reached is one line, with the usual cause.
+    ``remote``: a cluster at ``host:port`` whose port answered :func:`cluster.probe`; Ray's
+    connection to it is bounded (:func:`_bounded_connect`)."""
     import ray
 
-    _token_auth_from_env()
+    _token_auth_from_env(remote)
     try:
-        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+        with _bounded_connect(remote), _without_env(credentials.ENVIRONMENT):
+            ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
     except (ConnectionError, ray.exceptions.AuthenticationError) as exc:
-        target = address or os.environ.get("RAY_ADDRESS") or "local"
+        target = cluster.target(address)
         hint = ""
         if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
             hint = ("; if the cluster uses token authentication, set RAY_AUTH_TOKEN or "
@@ -227,19 +281,59 @@ def _init_ray(address: str | None) -> None:
         raise GradtuneError(f"Ray cluster {target}: cannot connect ({exc}){hint}") from None
 
 
-def _token_auth_from_env() -> None:
+def _token_auth_from_env(remote: bool) -> None:
     """Ray (2.52+) sends a token to a cluster named by address only under
     ``RAY_AUTH_MODE=token``; a token given in ``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH``
-    means it is wanted. An explicit ``RAY_AUTH_MODE`` is left as it is."""
-    if "RAY_AUTH_MODE" in os.environ:
-        return
-    if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
-        return
-    os.environ["RAY_AUTH_MODE"] = "token"
-    # Ray's own type stub for the compiled _raylet leaves Config out.
-    from ray._raylet import Config  # type: ignore[attr-defined]
+    means it is wanted. An explicit ``RAY_AUTH_MODE`` is left as it is.
 
-    Config.initialize("")  # the mode is cached at import; Ray's own _enable_token_auth does this
+    For a cluster at ``host:port`` (``remote``), Ray's wait for a GCS that does not answer
+    its handshake drops from 30 s to :data:`GCS_CONNECT_TIMEOUT_S` (unless
+    ``RAY_py_gcs_connect_timeout_s`` is set): see :func:`_bounded_connect`."""
+    changed = False
+    if remote and "RAY_py_gcs_connect_timeout_s" not in os.environ:
+        os.environ["RAY_py_gcs_connect_timeout_s"] = str(GCS_CONNECT_TIMEOUT_S)
+        changed = True
+    wants_token = os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if "RAY_AUTH_MODE" not in os.environ and wants_token:
+        os.environ["RAY_AUTH_MODE"] = "token"
+        changed = True
+    if changed:
+        # Ray's own type stub for the compiled _raylet leaves Config out.
+        from ray._raylet import Config  # type: ignore[attr-defined]
+
+        # Ray caches its config at import; Ray's own _enable_token_auth does this too.
+        Config.initialize("")
+
+
+GCS_CONNECT_TIMEOUT_S = 10
+
+
+@contextlib.contextmanager
+def _bounded_connect(remote: bool) -> Iterator[None]:
+    """While joining a cluster at ``host:port``: one connection attempt instead of Ray's
+    20 (``RAY_gcs_server_port_wait_time_s``, read at connect time), each of at most
+    about 10 + :data:`GCS_CONNECT_TIMEOUT_S` seconds; so a port that accepts connections
+    but is no Ray GCS fails in about 20 s. A user's own setting is kept."""
+    name = "RAY_gcs_server_port_wait_time_s"
+    if not remote or name in os.environ:
+        yield
+        return
+    os.environ[name] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
+
+
+@contextlib.contextmanager
+def _without_env(names: tuple[str, ...]) -> Iterator[None]:
+    """Leave ``names`` out of the environment while Ray starts: a local Ray's daemons and
+    workers inherit the driver's environment, and they need no tracking credentials."""
+    saved = {name: os.environ.pop(name) for name in names if name in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
 
 
 def _check_resources(spec: SweepSpec, nodes: list[dict[str, Any]]) -> None:

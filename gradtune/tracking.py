@@ -15,21 +15,26 @@ non-numeric result values are not logged as metrics.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from mlflow.entities import RunTag
+from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from gradtune import failure, outcome
 from gradtune import spec as spec_mod
+from gradtune.credentials import redact
 from gradtune.outcome import Ledger, Outcome, TrialRecord
 from gradtune.params import trial_params
 from gradtune.spec import SweepSpec
-from gradtune.writer import Point, Writer, redact
+from gradtune.writer import Point, Writer, quiet_http_retries
 
 log = logging.getLogger(__name__)
 
@@ -112,20 +117,24 @@ class MLflowTracking(Callback):
         self.reopened: dict[str, dict[str, str]] = {}  # trial id -> params of its run, on resume
 
     def __getstate__(self) -> dict[str, Any]:
-        # Tune pickles its callbacks with the experiment state; a thread does not pickle.
-        return {**self.__dict__, "writer": None}
+        """What Tune pickles into ``tuner.pkl`` (RunConfig.callbacks are part of it): no
+        writer (a thread does not pickle) and a redacted URI, so credentials in a database
+        URI stay out of the sweep's storage."""
+        return {**self.__dict__, "writer": None, "tracking_uri": redact(self.tracking_uri)}
 
     # ----------------------------------------------------------------- sweep level
     def start(self) -> str:
         """Create the experiment (if needed) and the parent run, then start the writer;
         returns the parent's run id. Called by the sweep before Tune starts, so a bad
         tracking URI or a server that is down fails here, in seconds, before any trial."""
+        _quiet_run_links()
         self.writer = Writer(self.tracking_uri, self.spool, outage_s=self.outage_s)
-        self.experiment_id, self.parent_id = self.writer.open(
-            self.experiment,
-            run_name=f"sweep {self.spec.name} {time.strftime('%Y-%m-%d %H:%M:%S')}",
-            tags={"gradtune.role": "sweep", "gradtune.workload": self.spec.workload.name},
-        )
+        with store_lock(self.tracking_uri):  # one store creation, one experiment
+            self.experiment_id, self.parent_id = self.writer.open(
+                self.experiment,
+                run_name=f"sweep {self.spec.name} {time.strftime('%Y-%m-%d %H:%M:%S')}",
+                tags={"gradtune.role": "sweep", "gradtune.workload": self.spec.workload.name},
+            )
         # Credentials in a URI (user:password@host) stay out of what is logged.
         logged = self.spec.model_copy(update={"tracking": self.spec.tracking.model_copy(
             update={"uri": redact(self.spec.tracking.uri)})})
@@ -140,6 +149,7 @@ class MLflowTracking(Callback):
         synchronously like :meth:`start`: the parent is RUNNING again, and each trial that
         already has a child run (found by its ``gradtune.trial_id`` tag) will continue that
         run after the last step it logged."""
+        _quiet_run_links()
         self.writer = Writer(self.tracking_uri, self.spool, outage_s=self.outage_s)
         client = self.writer.client
         parent = client.get_run(parent_id)
@@ -314,3 +324,35 @@ def resolve_uri(uri: str) -> str:
         return prefix + os.path.abspath(uri[len(prefix) :])
     return uri
 
+
+def _quiet_run_links() -> None:
+    # MLflow prints "View run ... at: <URI>" at every run's end: noise, and a place where
+    # a URI is shown; gradtune's summary says where the runs are.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+
+
+def check_store(uri: str) -> None:
+    """Reach the tracking store with one read (a new SQLite store gets its tables, under
+    :func:`store_lock`) and create nothing in it: the sweep asks before it starts Ray. A
+    server that does not answer fails after one short try, as in :meth:`MLflowTracking.start`."""
+    if uri.startswith(("http://", "https://")):
+        quiet_http_retries()
+    with store_lock(uri):
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+
+
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """For a SQLite store, an exclusive ``flock`` on ``<db>.lock`` beside the file: two
+    sweeps starting at once on a new store would both create MLflow's tables (one dies
+    with "table experiments already exists") or the same experiment. Other stores: none."""
+    path = uri[len("sqlite:///"):].partition("?")[0] if uri.startswith("sqlite:///") else ""
+    if not path or path == ":memory:" or not os.path.isdir(os.path.dirname(path) or "."):
+        yield  # no file (yet): MLflow says what is wrong with the URI
+        return
+    with open(f"{path}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -46,6 +46,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from gradtune import spool as spool_mod
+from gradtune.credentials import redact
 from gradtune.spool import SPOOL_NAME, Point
 
 __all__ = ["KEY_TAG", "SPOOL_NAME", "Point", "Writer", "backoff", "redact", "replay", "transient"]
@@ -83,11 +84,6 @@ def backoff(tries: int) -> float:
     ``BACKOFF_S[1]``, half of it random so that writers do not retry in step."""
     cap = min(BACKOFF_S[1], BACKOFF_S[0] * 2.0 ** min(tries, 16))
     return cap / 2 + random.uniform(0, cap / 2)
-
-
-def redact(uri: str) -> str:
-    """``scheme://user:secret@host/...`` -> ``scheme://***@host/...``; other text unchanged."""
-    return re.sub(r"(?<=://)[^/@\s]+@", "***@", uri)
 
 
 class Writer:

@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "gradtune"
 
 FLOORS = [
     {"errors", "outcome", "interrupt", "spool"},
-    {"params"},
+    {"params", "credentials", "address"},
     {"spec"},
     {"signals", "search_space", "workloads", "clipping", "telemetry", "precision", "feasibility",
      "writer", "checkpoint", "failure"},

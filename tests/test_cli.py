@@ -23,6 +23,18 @@ def test_validate_quickstart(capsys):
     (["sweep", "--trials", "zero"], "--trials: invalid int value"),
     (["sweep", "--bogus-flag"], "unrecognized arguments"),
     (["validate"], "the following arguments are required"),
+    (["sweep", "--trials", "100000"],
+     "error: search.trials: 100000 trials, more than 10000; add --yes to run it anyway"),
+    (["sweep", "--set", "training.steps=1e12"],
+     "error: training.steps: 1000000000000, more than 100000000; add --yes to run it anyway"),
+    (["sweep", "--trials", "100000", "--set", "training.steps=1000000000000"],
+     "error: search.trials: 100000 trials, more than 10000 (and 1 more); add --yes"),
+    (["sweep", "--set", f"name={'n' * 300}"], "<defaults>: name: at most 224 characters"),
+    (["sweep", "--experiment", "e" * 600], "<defaults>: tracking.experiment: at most 256 characters"),
+    (["sweep", "--experiment", ""], "<defaults>: tracking.experiment: must not be empty"),
+    (["sweep", "--set", "name=a/b"], "<defaults>: name: must not contain '/'"),
+    (["validate", str(ROOT / "sweeps" / "quickstart.yaml"), "--set", "search.trials=20000"],
+     "search.trials: 20000 trials, more than 10000; add --yes"),
 ])
 def test_bad_input_is_one_line_exit_2_and_starts_nothing(in_tmp, capsys, argv, expected):
     assert cli.main(argv) == 2
@@ -30,6 +42,25 @@ def test_bad_input_is_one_line_exit_2_and_starts_nothing(in_tmp, capsys, argv, e
     assert expected in err
     assert err.count("\n") == 1
     assert list(in_tmp.iterdir()) == []  # no mlflow.db, no results
+
+
+def test_an_alias_bomb_fails_validate_at_once(in_tmp, capsys):
+    """Before: `validate` passed, then the sweep hung copying 10**9 strings, parent RUNNING."""
+    from tests.test_spec import alias_bomb
+
+    (in_tmp / "bomb.yaml").write_text(alias_bomb())
+    for command in ("validate", "sweep"):
+        assert cli.main([command, "bomb.yaml"]) == 2
+        err = capsys.readouterr().err
+        assert err == ("error: bomb.yaml: workload.options: more than 100000 values once YAML "
+                       "aliases are expanded\n")
+    assert sorted(p.name for p in in_tmp.iterdir()) == ["bomb.yaml"]
+
+
+def test_yes_allows_sizes_beyond_the_limits(capsys):
+    quickstart = str(ROOT / "sweeps" / "quickstart.yaml")
+    assert cli.main(["validate", quickstart, "--set", "training.steps=1e9", "--yes"]) == 0
+    assert "1000000000 steps each" in capsys.readouterr().out
 
 
 def test_bad_tracking_uri_is_one_line(in_tmp, capsys):

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 from pydantic import ValidationError
 
 from gradtune import spec as spec_mod
@@ -145,3 +147,81 @@ def test_checkpoint_every_defaults_to_50_steps_on_the_report_grid():
         assert spec_mod.load(None, {"training.checkpoint_every": off}).training.checkpoint_every == off
     spec = spec_mod.load(None, {"training.report_every": 5, "training.checkpoint_every": 20})
     assert spec_mod.validate(spec.model_dump(mode="json")) == spec  # the resolved value round-trips
+
+
+# ------------------------------------------------------------------ names and sizes
+def alias_bomb(levels: int = 9) -> str:
+    """A billion laughs in a plug-in's options: 10**levels strings once expanded."""
+    lines = ["name: bomb", "workload:", '  name: "docs.examples.tiny_plugin:make_workload"',
+             "  options:", "    a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, levels):
+        lines.append(f"    a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("text, expected", [
+    (f"name: {'n' * 225}\n", "s.yaml: name: at most 224 characters"),
+    (f"name: {'é' * 120}\n", "s.yaml: name: at most 239 bytes in UTF-8"),
+    ("name: a/b\n", "s.yaml: name: must not contain '/'"),
+    ("name: ''\n", "s.yaml: name: must not be empty"),
+    ("tracking: {experiment: ''}\n", "s.yaml: tracking.experiment: must not be empty"),
+    (f"tracking: {{experiment: {'e' * 257}}}\n", "s.yaml: tracking.experiment: at most 256 characters"),
+    (alias_bomb(), "s.yaml: workload.options: more than 100000 values once YAML aliases are expanded"),
+    ("workload: {options: &o {a: [*o]}}\n", "s.yaml: workload.options: refers to itself"),
+    ("workload: {options: {a: " + "[" * 60 + "]" * 60 + "}}\n", "nested deeper than 50 levels"),
+    ("a: " + "[" * 600 + "]" * 600 + "\n", "s.yaml: invalid YAML"),  # RecursionError
+    ("training: {steps: 1.5}\n", "training.steps: Input should be a valid integer, got a number "
+                                 "with a fractional part"),
+])
+def test_names_and_sizes_fail_in_one_line(tmp_path, text, expected):
+    started = time.monotonic()
+    with pytest.raises(GradtuneError) as info:
+        spec_mod.load(write(tmp_path, text))
+    assert expected in str(info.value) and "\n" not in str(info.value)
+    assert time.monotonic() - started < 5  # an alias bomb fails before anything expands it
+
+
+def test_the_longest_name_fits_mlflow_and_the_file_system(tmp_path):
+    spec = spec_mod.load(write(tmp_path, f"name: {'n' * 224}\ntracking: {{experiment: {'e' * 256}}}\n"))
+    assert len(f"sweep {spec.name} 2000-01-01 00:00:00") == 250
+    assert len(f"{spec.name}-20000101-000000".encode()) <= 255
+    (tmp_path / f"{spec.name}-20000101-000000").mkdir()
+
+
+def test_a_spec_file_is_at_most_one_mib(tmp_path):
+    path = tmp_path / "big.yaml"
+    path.write_text("name: big\n" + "#" * (1 << 20))
+    with pytest.raises(GradtuneError, match="big.yaml: a spec is at most 1 MiB"):
+        spec_mod.load(path)
+
+
+def test_yaml_12_exponents_are_numbers(tmp_path):
+    """YAML 1.1 (PyYAML) reads ``1e12`` as a string; gradtune reads it as YAML 1.2 does."""
+    spec = spec_mod.load(write(tmp_path, """
+training: {steps: 1e12, optimizer: {lr: 1e-3}}
+search: {trials: 2.5e1, space: {lr: [1e-3, 1E-2], init_scale: {low: 5e-1, high: 2e0}}}
+workload: {name: deep_mlp, options: {depth: 2, width: 8, activation: relu}}
+"""))
+    assert spec.training.steps == 10**12 and isinstance(spec.training.steps, int)
+    assert spec.search.trials == 25 and spec.training.optimizer.lr == 0.001
+    assert spec.search.space["lr"] == [0.001, 0.01]
+    assert spec.search.space["init_scale"] == Range(low=0.5, high=2.0)
+    assert spec_mod.parse_set("training.steps=1e12") == ("training.steps", 1e12)
+    assert spec_mod.parse_set("name=1e3x") == ("name", "1e3x")
+    assert yaml.safe_load("a: 1e12") == {"a": "1e12"}  # PyYAML's own loader is untouched
+
+
+def test_soft_limits_name_each_key():
+    assert spec_mod.beyond(SweepSpec()) == []
+    big = spec_mod.load(None, {"search.trials": 100_000, "training.steps": 10**12,
+                               "search.space.batch_size": [64, 100_000]})
+    assert spec_mod.beyond(big) == [
+        "search.trials: 100000 trials, more than 10000",
+        "training.steps: 1000000000000, more than 100000000",
+        "search.space.batch_size: 100000, more than 65536",
+    ]
+    assert spec_mod.beyond(spec_mod.load(None, {"search.trials": 10_000, "training.steps": 10**8})) == []
+    grid = spec_mod.load(None, {"search.sampler": "grid", "search.space": {
+        "lr": [0.1 * (i + 1) for i in range(200)], "batch_size": list(range(1, 101)),
+    }})
+    assert spec_mod.beyond(grid) == ["search.space: 20000 grid points, more than 10000"]

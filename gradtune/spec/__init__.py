@@ -2,6 +2,7 @@
 and :mod:`~gradtune.spec.loading` (YAML, ``--set``, dump). ``from gradtune.spec import
 SweepSpec, load`` is the public surface."""
 
+from gradtune.spec.limits import beyond
 from gradtune.spec.loading import describe, dump, flatten, load, parse_set, read_yaml, set_dotted, validate
 from gradtune.spec.schema import (
     DivergenceSpec,
@@ -18,6 +19,6 @@ from gradtune.spec.schema import (
 
 __all__ = [
     "DivergenceSpec", "OptimizerSpec", "Range", "ResourcesSpec", "SearchSpec", "SweepSpec",
-    "TrackingSpec", "TrainingSpec", "WorkloadSpec", "check_dimension", "describe", "dump",
+    "TrackingSpec", "TrainingSpec", "WorkloadSpec", "beyond", "check_dimension", "describe", "dump",
     "flatten", "load", "parse_set", "read_yaml", "set_dotted", "validate",
 ]

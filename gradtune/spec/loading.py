@@ -1,4 +1,4 @@
-"""Reading a spec: YAML (``safe_load``), ``--set`` overrides, validation into a
+"""Reading a spec: YAML (a safe loader, with YAML 1.2's floats), ``--set`` overrides, validation into a
 :class:`~gradtune.spec.schema.SweepSpec`, and the resolved spec written back (YAML, and flat
 ``a.b.c`` keys for MLflow params). Every problem is a :class:`GradtuneError` of one line
 naming the file and the key.
@@ -6,6 +6,7 @@ naming the file and the key.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,29 @@ from pydantic import ValidationError
 
 from gradtune.errors import GradtuneError
 from gradtune.spec.schema import SearchSpec, SweepSpec
+
+MAX_SPEC_BYTES = 1 << 20
+
+
+class Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads YAML 1.2's floats without a dot, ``1e12`` and
+    ``1e-3``: YAML 1.1 (PyYAML) reads them as strings, so ``steps: 1e12`` said "unable to
+    parse string as an integer". An integral float is accepted for an int field."""
+
+
+Loader.add_implicit_resolver(  # copies the resolvers for Loader; SafeLoader is untouched
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML through :class:`Loader`; ``RecursionError`` (nesting too deep) as YAMLError."""
+    try:
+        return yaml.load(text, Loader=Loader)
+    except RecursionError:
+        raise yaml.YAMLError("nested too deeply") from None
 
 
 def load(path: str | Path | None, overrides: dict[str, Any] | None = None) -> SweepSpec:
@@ -44,11 +68,18 @@ def _default_space() -> dict[str, Any]:
 
 def read_yaml(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text()
+        with path.open("rb") as f:
+            data = f.read(MAX_SPEC_BYTES + 1)
     except OSError as exc:
         raise GradtuneError(f"{path}: cannot read spec ({exc.strerror or exc})") from None
+    if len(data) > MAX_SPEC_BYTES:
+        raise GradtuneError(f"{path}: a spec is at most {MAX_SPEC_BYTES >> 20} MiB")
     try:
-        raw = yaml.safe_load(text)
+        text = data.decode()
+    except UnicodeDecodeError:
+        raise GradtuneError(f"{path}: cannot read spec (not UTF-8 text)") from None
+    try:
+        raw = parse_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -109,7 +140,7 @@ def parse_set(item: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise GradtuneError(f"--set {item}: expected KEY=VALUE")
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
+        value = parse_yaml(text) if text.strip() else ""
     except yaml.YAMLError:
         raise GradtuneError(f"--set {item}: VALUE is not valid YAML") from None
     return key.strip(), value

@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from gradtune.params import OPTIMIZERS, PARAMS
+from gradtune.spec import limits
 
 
 class _Frozen(BaseModel):
@@ -61,6 +62,11 @@ class WorkloadSpec(_Frozen):
     options: dict[str, Any] = Field(
         default_factory=lambda: {"depth": 20, "width": 64, "activation": "relu"}
     )
+
+    @field_validator("options")
+    @classmethod
+    def _bounded(cls, options: dict[str, Any]) -> dict[str, Any]:
+        return limits.check_options(options)  # a plug-in's options are free-form
 
 
 class OptimizerSpec(_Frozen):
@@ -156,6 +162,11 @@ class TrackingSpec(_Frozen):
     uri: str = "sqlite:///mlflow.db"
     experiment: str | None = None  # None: the spec's name
 
+    @field_validator("experiment")
+    @classmethod
+    def _experiment(cls, experiment: str | None) -> str | None:
+        return limits.check_experiment(experiment)
+
 
 class DivergenceSpec(_Frozen):
     """When a trial counts as diverging. A threshold of ``null`` turns its rule off; the
@@ -176,7 +187,7 @@ class DivergenceSpec(_Frozen):
 
 
 class SweepSpec(_Frozen):
-    name: str = Field(default="quickstart", min_length=1)
+    name: str = "quickstart"
     workload: WorkloadSpec = Field(default_factory=WorkloadSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     search: SearchSpec = Field(default_factory=SearchSpec)
@@ -184,6 +195,11 @@ class SweepSpec(_Frozen):
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     divergence: DivergenceSpec = Field(default_factory=DivergenceSpec)
     storage: str | None = None  # Ray Tune storage path or URI; None: Ray's default
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        return limits.check_name(name)
 
     @property
     def experiment(self) -> str:
