@@ -269,6 +269,7 @@ def _init_ray(address: str | None, remote: bool = False) -> None:
     import ray
 
     _token_auth_from_env(remote)
+    hide_credentials_in_title()
     try:
         with _bounded_connect(remote), _without_env(credentials.ENVIRONMENT):
             ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
@@ -306,6 +307,19 @@ def _token_auth_from_env(remote: bool) -> None:
 
 
 GCS_CONNECT_TIMEOUT_S = 10
+
+
+def hide_credentials_in_title() -> None:
+    """Redact this process's command line (what ``ps`` shows from now on): Ray records it
+    as the job's entrypoint (the GCS job table, ``ray list jobs``, the dashboard), so a
+    tracking URI typed with its password would travel with it."""
+    # Ray's own setproctitle; its type stub for the compiled _raylet leaves it out.
+    from ray._raylet import getproctitle, setproctitle  # type: ignore[attr-defined]
+
+    title = getproctitle()
+    shown = credentials.redact(title)
+    if shown != title:
+        setproctitle(shown)
 
 
 @contextlib.contextmanager

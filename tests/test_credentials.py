@@ -16,10 +16,13 @@ every MLflow param, tag, run name and artifact of every run, read back over HTTP
 
 from __future__ import annotations
 
+import ast
 import gzip
 import os
 import secrets
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -112,6 +115,24 @@ def test_the_summary_and_the_ui_command_show_no_password(monkeypatch, capsys):
     assert capsys.readouterr().out == "MLflow UI for postgresql://***@db:5432/mlflow at http://127.0.0.1:5000\n"
 
 
+def test_rays_job_entrypoint_holds_no_password(tmp_path):
+    """Ray records the driver's command line as the job's entrypoint; the sweep redacts
+    its process title before ``ray.init``."""
+    script = ("import ray._private.utils as u\n"
+              "from gradtune.sweep import hide_credentials_in_title\n"
+              "print(repr(u.get_entrypoint_name()))\n"
+              "hide_credentials_in_title()\n"
+              "print(repr(u.get_entrypoint_name()))\n")
+    proc = subprocess.run(
+        [sys.executable, "-c", script, "sweep", "--tracking-uri", "http://u:pa55/@w@h:1?token=t0k"],
+        env=clean_env(PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    before, after = map(ast.literal_eval, proc.stdout.strip().splitlines()[-2:])
+    assert "pa55/@w" in before and "t0k" in before
+    assert "pa55" not in after and "t0k" not in after
+    assert "--tracking-uri http://***@h:1?token=***" in after
+
+
 # --------------------------------------------------------------------------- end to end
 def _read(path: Path) -> bytes:
     data = path.read_bytes()
@@ -135,16 +156,23 @@ def _files_holding(roots: list[Path], needles: list[bytes]) -> list[str]:
 
 class ProcessWatch:
     """The environment and command line of every process of the sweep's session but the
-    driver itself (which holds the URI on its command line: the user typed it there)."""
+    driver itself (the user typed the URI on its command line, and MLflow reads the
+    credentials from its environment); of the driver, the last command line seen (it is
+    redacted before Ray starts, as Ray records it as the job's entrypoint)."""
 
     def __init__(self, needles: list[bytes]) -> None:
         self.needles = needles
         self.leaks: set[str] = set()
         self.seen: set[int] = set()
+        self.driver_cmdline = b""
 
     def __call__(self, session: int) -> None:
         for pid in session_pids([session]):
             if pid == session:
+                try:
+                    self.driver_cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                except OSError:
+                    pass
                 continue
             self.seen.add(pid)
             for what in ("environ", "cmdline"):
@@ -189,6 +217,8 @@ def test_a_planted_secret_stays_out_of_everything_but_the_client(tmp_path):
             assert not [n for n in needles if n.decode() in proc.stdout], proc.stdout[-3000:]
             assert watch.seen, "no process of the sweep's Ray was seen"
             assert not watch.leaks, sorted(watch.leaks)
+            assert b"--tracking-uri http://***@127.0.0.1" in watch.driver_cmdline
+            assert not [n for n in needles if n in watch.driver_cmdline]
             sessions = list((ray_tmp / "ray").glob("session_2*"))
             assert sessions and list((ray_tmp / "ray").rglob("*.log")), list(ray_tmp.rglob("*"))
             assert list((work / "results").rglob("tuner.pkl"))
