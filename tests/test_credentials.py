@@ -35,7 +35,7 @@ from gradtune.credentials import redact
 from gradtune.errors import GradtuneError
 from gradtune.outcome import Ledger
 from gradtune.spec import SweepSpec
-from tests._servers import MlflowServer, clean_env, gradtune, run_watched, session_pids
+from tests._servers import ROOT, MlflowServer, clean_env, gradtune, run_watched, session_pids
 
 
 @pytest.mark.parametrize("text, expected", [
