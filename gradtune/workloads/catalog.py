@@ -129,4 +129,19 @@ BUILTIN: dict[str, Entry] = {
             "val_size": Option(500, "validation examples (from the test split)", minimum=1),
         },
     ),
+    "tiny_lm": Entry(
+        "byte-level decoder LM on the standard library's source: attention-logit growth and "
+        "qk-layernorm (Wortsman et al. 2023)",
+        {
+            "depth": Option(2, "transformer blocks (Pre-LN with the trial's `norm`)", minimum=1),
+            "width": Option(64, "model width", minimum=2),
+            "heads": Option(4, "attention heads (must divide width)", minimum=1),
+            "context": Option(64, "bytes of context", minimum=2),
+            "qk_norm": Option(False, "LayerNorm on each head's queries and keys (qk-layernorm)"),
+            "z_loss": Option(0.0, "coefficient of the z-loss, mean (log Z)^2 of the output "
+                                  "logits, added to the training loss", minimum=0),
+            "corpus_kb": Option(448, "KiB of standard-library source read, 10% held out",
+                                minimum=16),
+        },
+    ),
 }
