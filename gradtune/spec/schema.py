@@ -1,7 +1,9 @@
 """The sweep spec's schema: a validated, frozen description of one sweep.
 
 In ``search.space`` a scalar fixes a value, a list is a categorical choice and ``{low, high,
-log}`` is a range; the parameters and what they accept are :mod:`gradtune.params`'s.
+log}`` is a range; the parameters and what they accept are :mod:`gradtune.params`'s. Any
+other name is a workload option; what it accepts is the workload's to say, and
+:func:`gradtune.workloads.check` checks it before a sweep starts.
 Unknown keys are errors naming the key. The defaults of :class:`SweepSpec` are the
 quickstart sweep, so ``SweepSpec()`` is what ``python -m gradtune sweep`` runs with no SPEC
 (``sweeps/quickstart.yaml`` spells it out). Reading YAML and ``--set`` is
@@ -169,13 +171,17 @@ class SweepSpec(_Frozen):
 
 
 def check_dimension(name: str, dim: Any) -> None:
-    """Raise ``ValueError`` naming ``space.<name>`` if ``dim`` does not fit the parameter."""
-    param = PARAMS.get(name)
-    if param is None:
-        raise ValueError(f"space.{name}: unknown parameter; known: {', '.join(PARAMS)}")
-    values = dim if isinstance(dim, list) else [dim]
+    """Raise ``ValueError`` naming ``space.<name>`` if ``dim`` does not fit the parameter. A
+    name outside the registry is a workload option: here only its shape is checked."""
     if isinstance(dim, list) and not dim:
         raise ValueError(f"space.{name}: a choice needs at least one value")
+    param = PARAMS.get(name)
+    if param is None:
+        if not name.isidentifier():
+            raise ValueError(f"space.{name}: neither a parameter ({', '.join(PARAMS)}) "
+                             "nor a workload option name")
+        return
+    values = dim if isinstance(dim, list) else [dim]
     if isinstance(dim, Range):
         if param.kind == "choice":
             raise ValueError(f"space.{name}: a choice parameter cannot take a range")
