@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "gradtune"
 FLOORS = [
     {"errors", "outcome", "interrupt"},
     {"params"},
-    {"spec"},
+    {"spec", "attention"},
     {"signals", "search_space", "workloads", "clipping", "telemetry", "precision", "feasibility"},
     {"trial", "searcher", "scheduler", "tracking"},
     {"sweep"},
