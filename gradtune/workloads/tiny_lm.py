@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from gradtune.errors import GradtuneError
+from gradtune.outcome import ATTN_ENTROPY_MIN, ATTN_LOGIT_MAX
 from gradtune.workloads.base import Batch, Workload, chunks
 from gradtune.workloads.catalog import BUILTIN, resolve
 from gradtune.workloads.layers import scale_init, token_norm_layer
@@ -43,7 +44,6 @@ OPTIONS = BUILTIN["tiny_lm"].defaults()
 BLOCK = 2048  # bytes per unit of the train/val split
 VAL_FRACTION = 0.1
 VAL_WINDOWS = 256  # validation windows evaluated at each report
-SIGNALS = ("attn_logit_max", "attn_entropy_min")
 
 
 @functools.lru_cache(maxsize=4)
@@ -166,8 +166,8 @@ class TinyLM(nn.Module):
         ``attn_entropy_min`` (over layers and heads), as 0-dim tensors: no host sync."""
         stats = [m.stats for m in self.modules() if isinstance(m, Attention)]
         return {
-            "attn_logit_max": torch.stack([s[0] for s in stats]).amax(),
-            "attn_entropy_min": torch.stack([s[1] for s in stats]).amin(),
+            ATTN_LOGIT_MAX: torch.stack([s[0] for s in stats]).amax(),
+            ATTN_ENTROPY_MIN: torch.stack([s[1] for s in stats]).amin(),
         }
 
 
