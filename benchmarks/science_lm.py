@@ -32,7 +32,7 @@ import torch
 
 from gradtune import signals, trial, workloads
 from gradtune.outcome import ATTN_ENTROPY_MIN, ATTN_LOGIT_MAX, Verdict
-from gradtune.spec import SweepSpec, validate
+from gradtune.spec import DivergenceSpec, SweepSpec, validate
 from gradtune.workloads import probes
 
 LRS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)  # half-decades, as the paper's sweeps
@@ -67,7 +67,11 @@ class LMRun:
     grad_spike: bool  # a pre-clip gradient norm above 10x the median of the first 10 steps
     verdict: Verdict | None  # gradtune's monitor, replayed on the recorded steps
     seconds: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # steps: every recorded step
+
+    @property
+    def grad_norm0(self) -> float:
+        return float(self.extra["steps"][0][2])
 
     @property
     def bits(self) -> float:
@@ -92,20 +96,27 @@ def lm_run(lr: float, qk_norm: bool, seed: int, steps: int = STEPS) -> LMRun:
     seconds = time.perf_counter() - start
     untrained = probes.make("tiny_lm", {"qk_norm": qk_norm}, seed=seed, **CONFIG)
     initial = workloads.evaluate(untrained)["val_loss"]
-    monitor = signals.Monitor(spec.divergence, reference_loss=untrained.reference_loss,
-                              budget=steps)
-    verdict = None
-    for step, loss, norm, ratio, extra in rec.steps:
-        verdict = monitor.update(step, loss, norm, ratio, extra)
-        if verdict is not None:
-            break
+    recorded = {"steps": rec.steps, "reference": untrained.reference_loss}
     norms = [s[2] for s in rec.steps]
     early = sorted(norms[:10])[len(norms[:10]) // 2]
     return LMRun(
         lr, qk_norm, seed, last["val_loss"], initial,
         max(s[4][ATTN_LOGIT_MAX] for s in rec.steps),
         min(s[4][ATTN_ENTROPY_MIN] for s in rec.steps),
-        any(n > 10 * early for n in norms), verdict, seconds, {"steps": rec.steps})
+        any(n > 10 * early for n in norms), replay(recorded, spec.divergence), seconds, recorded)
+
+
+def replay(recorded: Mapping[str, Any], divergence: Any = None) -> Verdict | None:
+    """The verdict of gradtune's monitor (``divergence``: the spec's section, default
+    the spec's defaults) on a run's recorded steps, or ``None``."""
+    steps = recorded["steps"]
+    monitor = signals.Monitor(divergence or DivergenceSpec(), reference_loss=recorded["reference"],
+                              budget=len(steps))
+    for step, loss, norm, ratio, extra in steps:
+        verdict = monitor.update(step, loss, norm, ratio, extra)
+        if verdict is not None:
+            return verdict
+    return None
 
 
 def lr_sensitivity(runs: Sequence[LMRun]) -> float:
@@ -130,10 +141,21 @@ def grid(seeds: Sequence[int], lrs: Sequence[float] = LRS, steps: int = STEPS,
     return runs
 
 
+RULES = {"attention logits": "attention logits ran away", "attention entropy":
+         "attention entropy collapsed", "loss rose": "loss 10x its best",
+         "loss stayed": "loss far above chance", "grad_norm": "gradient norm",
+         "one update": "update ratio"}
+
+
+def rule(reason: str) -> str:
+    """Which rule a verdict's reason comes from, in a few words."""
+    return next((name for start, name in RULES.items() if reason.startswith(start)), reason)
+
+
 def stopped(run: LMRun) -> str:
     if run.verdict is None:
         return "-"
-    return f"step {run.verdict.step}: {run.verdict.reason.split(':')[0]}"
+    return f"step {run.verdict.step}: {rule(run.verdict.reason)}"
 
 
 def line(run: LMRun) -> str:

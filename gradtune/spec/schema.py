@@ -147,7 +147,7 @@ class DivergenceSpec(_Frozen):
     update_ratio: float | None = Field(default=1.0, gt=0)  # ||dw||/||w|| of a single step
     # Attention rules (gradtune.attention), for workloads that report attention signals:
     attn_logit_growth: float | None = Field(default=1e3, gt=1)  # max logit, x its initial, window
-    attn_entropy_drop: float | None = Field(default=1e-2, gt=0, lt=1)  # min entropy, x initial
+    attn_entropy_drop: float | None = Field(default=1e-3, gt=0, lt=1)  # min entropy, x initial
     cohort_factor: float | None = Field(default=1e3, gt=1)  # x the cohort's median at that step
     cohort_min_trials: int = Field(default=4, ge=2)
     scheduler: Literal["none", "asha", "median"] = "none"  # performance pruning
