@@ -55,7 +55,8 @@ class Recorder:
         self.norm: list[float] = []
         self.ratio: list[float] = []
 
-    def update(self, step: int, loss: float, grad_norm: float, ratio: float) -> None:
+    def update(self, step: int, loss: float, grad_norm: float, ratio: float,
+               extra: Any = None) -> None:
         self.loss.append(loss)
         self.norm.append(grad_norm)
         self.ratio.append(ratio)

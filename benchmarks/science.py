@@ -21,12 +21,13 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from gradtune import trial
-from gradtune.spec import validate
+from gradtune.spec import DivergenceSpec, validate
 from gradtune.workloads import probes
 
 
@@ -324,9 +325,82 @@ def cnn(seeds: list[int]) -> list[Row]:
     return rows
 
 
+def tiny_lm(seeds: list[int]) -> list[Row]:
+    """The LR grid of ``benchmarks/science_lm.py``, both variants, every seed: claims about
+    the attention logits, LR sensitivity, and where gradtune's rules stop a run."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # science_lm sits beside this file
+    import science_lm as lm
+
+    runs = lm.grid(seeds, log=sys.stderr)
+
+    def at(qk: bool, cond: Callable[[float], bool]) -> list[Any]:
+        return [r for r in runs if r.qk_norm is qk and cond(r.lr)]
+
+    def attention(group: list[Any]) -> str:
+        return (f"max logit {_spread([r.logit_max for r in group])}, min entropy "
+                f"{_spread([r.entropy_min for r in group])} nats")
+
+    def stops(group: list[Any], verdicts: list[Any]) -> str:
+        hit = [v for v in verdicts if v is not None]
+        text = f"stopped {len(hit)}/{len(group)}"
+        if hit:
+            steps = sorted(v.step for v in hit)
+            kinds = sorted({lm.rule(v.reason) for v in hit})
+            text += f" (step {steps[0]}-{steps[-1]}: {'; '.join(kinds)})"
+        return text
+
+    def row(claim: str, config: str, group: list[Any], outcome: str, ok: bool | None,
+            expected: str = "") -> Row:
+        """``group``: the runs of one configuration, for the initial grad norm and final loss."""
+        return {"claim": claim, "config": config,
+                "grad0": _spread([r.grad_norm0 for r in group]) if group else "",
+                "outcome": outcome, "final": _spread([r.val_loss for r in group]) if group else "",
+                "agrees": "n/a (no claim)" if ok is None else "yes" if ok else f"no ({expected})"}
+
+    wortsman = "Wortsman et al. 2023"
+    plain, normed = at(False, lambda lr: lr == 0.3), at(True, lambda lr: lr == 0.3)
+    high, safe = at(False, lambda lr: lr >= 0.3), at(True, lambda lr: lr <= 0.3)
+    safe += at(False, lambda lr: lr <= 1e-2)
+    sens = {qk: [lm.lr_sensitivity([r for r in runs if r.qk_norm is qk and r.seed == s])
+                 for s in seeds] for qk in (False, True)}
+    off = DivergenceSpec(attn_logit_growth=None, attn_entropy_drop=None)
+    rows = [
+        row(f"{wortsman}: without qk-layernorm, at a high learning rate the attention logits "
+            "grow without bound and the attention entropy collapses",
+            f"{lm.LABEL}; lr 0.3, no qk-norm", plain, attention(plain),
+            all(r.logit_max > 1e3 and r.entropy_min < 0.01 for r in plain),
+            "max logit > 1e3 and entropy < 0.01 in every seed"),
+        row(f"{wortsman}: qk-layernorm keeps them bounded at the same learning rate",
+            "same, qk_norm true", normed, attention(normed), all(r.logit_max < 200 for r in normed),
+            "max logit < 200 in every seed"),
+        row(f"{wortsman}: qk-layernorm lowers LR sensitivity (mean over the learning rates of "
+            "min(final, initial loss) - best final loss; val loss, nats)",
+            f"same, {len(lm.LRS)} learning rates {', '.join(f'{lr:g}' for lr in lm.LRS)}", [],
+            f"no qk-norm {_spread(sens[False])}, qk-norm {_spread(sens[True])}",
+            all(b < a for a, b in zip(sens[False], sens[True])), "lower with qk-norm in every seed"),
+        row("gradtune: the attention rules stop every run at lr >= 0.3 without qk-norm",
+            "same, lr 0.3 and 1; the spec's default divergence section", [],
+            stops(high, [r.verdict for r in high]), all(r.verdict is not None for r in high),
+            "every run stopped"),
+        row("gradtune: ... and no run with qk-norm at lr <= 0.3, nor any run at lr <= 0.01",
+            "same, lr 0.001-0.3 with qk-norm, 0.001-0.01 without", [],
+            stops(safe, [r.verdict for r in safe]), all(r.verdict is None for r in safe),
+            "no run stopped"),
+        row("(measured only) the gradient and loss rules alone at lr >= 0.3 without qk-norm",
+            "same, attention rules off", [], stops(high, [lm.replay(r.extra, off) for r in high]),
+            None),
+    ]
+    for qk in (False, True):
+        for lr in lm.LRS:
+            group = at(qk, lambda x, lr=lr: x == lr)
+            rows.append(row("(measured only)", f"lr {lr:g}, qk_norm {str(qk).lower()}", group,
+                            f"{attention(group)}; {stops(group, [r.verdict for r in group])}", None))
+    return rows
+
+
 EXPERIMENTS: dict[str, Callable[[list[int]], list[Row]]] = {
     "deep_mlp": deep_mlp, "rnn_adding": rnn_adding, "resmlp": resmlp,
-    "transformer": transformer, "cnn": cnn,
+    "transformer": transformer, "cnn": cnn, "tiny_lm": tiny_lm,
 }
 COLUMNS = ("claim", "config", "grad0", "outcome", "final", "agrees")
 HEADER = ("Published claim", "Configuration", "Initial grad norm", "Outcome (seeds)",

@@ -63,10 +63,15 @@ METRICS: tuple[str, ...] = (
     "train_loss", "grad_norm", "grad_norm_max", "clip_fraction", "update_ratio", "lr",
     "val_loss", "val_accuracy",
 )
+# Per-step stability signals a workload may report beside them (``Workload.signals``;
+# ``tiny_lm`` reports both), with divergence rules of their own (``gradtune.attention``).
+ATTN_LOGIT_MAX = "attn_logit_max"  # largest pre-softmax attention logit of the step
+ATTN_ENTROPY_MIN = "attn_entropy_min"  # smallest per-head mean attention entropy (nats)
+SIGNALS: tuple[str, ...] = (ATTN_LOGIT_MAX, ATTN_ENTROPY_MIN)
 # Reported numbers that are not per-step metrics (``diverged`` is: a 0/1 curve).
 NOT_METRICS = frozenset({STEP, FINAL, DIVERGENCE_STEP, NODE_ID, HEALTHY_STEP, "trial_id", "done"})
 # What a trial's record keeps of its last result.
-RECORDED: tuple[str, ...] = (STEP, *METRICS, DIVERGED, REASON, DIVERGENCE_STEP, FINAL, NODE_ID)
+RECORDED: tuple[str, ...] = (STEP, *METRICS, *SIGNALS, DIVERGED, REASON, DIVERGENCE_STEP, FINAL, NODE_ID)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,11 @@ values and defaults. The spec schema validates ``search.space`` against it, the 
 training defaults come from it, :func:`trial_params` fills a sampled configuration from it,
 and the README's table of parameters is checked against it (``tests/test_params.py``).
 
+A space may also name a workload option (``qk_norm``, ``norm_position``, ...): it is not in
+the registry, :func:`gradtune.workloads.check` validates it against the workload's own
+option schema, and :func:`workload_options` hands the sampled value to the workload's
+options. A registry name wins where a workload option has the same name (``warmup_steps``).
+
 Torch-free, so ``gradtune validate`` stays cheap.
 """
 
@@ -78,9 +83,16 @@ PARAMS: dict[str, Param] = {
 
 
 def applies(name: str, params: dict[str, Any]) -> bool:
-    """Whether parameter ``name`` means anything given the other ``params``."""
-    condition = PARAMS[name].applies
-    return condition is None or bool(condition(params))
+    """Whether parameter ``name`` means anything given the other ``params``; a name outside
+    the registry (a workload option) always does."""
+    param = PARAMS.get(name)
+    return param is None or param.applies is None or bool(param.applies(params))
+
+
+def workload_options(params: dict[str, Any]) -> dict[str, Any]:
+    """The searched workload options among a trial's ``params``: the names outside the
+    registry. They override the spec's ``workload.options``."""
+    return {name: value for name, value in params.items() if name not in PARAMS}
 
 
 def defaults() -> dict[str, Any]:
@@ -92,7 +104,8 @@ def defaults() -> dict[str, Any]:
 def trial_params(spec: SweepSpec, config: dict[str, Any]) -> dict[str, Any]:
     """Every hyperparameter a trial trains with: the sampled ``config`` over the spec's
     training values over the registry defaults; a parameter that does not apply is dropped
-    (a threshold with ``clip_method: none``). These are the MLflow params of the child run."""
+    (a threshold with ``clip_method: none``); searched workload options are kept under their
+    own names. These are the MLflow params of the child run."""
     opt = spec.training.optimizer
     values = {name: p.default for name, p in PARAMS.items()}
     values.update(optimizer=opt.name, lr=opt.lr, momentum=opt.momentum,

@@ -3,7 +3,9 @@ points of a grid. (A sample's full set of hyperparameters is :func:`gradtune.par
 
 The space is define-by-run: ``clip_threshold`` is only sampled when the sampled
 ``clip_method`` clips (it has no meaning for ``none``), so Optuna never learns from a
-threshold that did nothing.
+threshold that did nothing. A workload option (a name outside :data:`gradtune.params.PARAMS`)
+is sampled like the others; its range is a float range (``workloads.check`` allows ranges
+on float options only).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ class DefineByRun:
                 continue
             dim = self.space[name]
             if isinstance(dim, Range):
-                if PARAMS[name].kind == "int":
+                if name in PARAMS and PARAMS[name].kind == "int":
                     chosen[name] = trial.suggest_int(name, int(dim.low), int(dim.high), log=dim.log)
                 else:
                     chosen[name] = trial.suggest_float(name, dim.low, dim.high, log=dim.log)
@@ -78,4 +80,4 @@ def grid_points(space: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _ordered(space: dict[str, Any]) -> list[str]:
     # Conditions read earlier parameters, so conditional ones go last.
-    return sorted(space, key=lambda name: PARAMS[name].applies is not None)
+    return sorted(space, key=lambda name: name in PARAMS and PARAMS[name].applies is not None)

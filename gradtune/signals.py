@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from statistics import median
 from typing import Any
 
+from gradtune.attention import AttentionWatch
 from gradtune.outcome import Verdict
 
 
@@ -146,7 +147,9 @@ class Monitor:
 
     ``update`` returns the first verdict, or ``None``. The non-finite and update-ratio rules
     judge single steps and fire from step 1; the others wait ``grace_steps`` steps and, where
-    they judge a window, until the window is full.
+    they judge a window, until the window is full. ``extra`` holds the step's workload
+    signals (``attn_logit_max``, ``attn_entropy_min``), judged by
+    :class:`gradtune.attention.AttentionWatch` after the gradient and loss rules.
     """
 
     def __init__(self, cfg: Any, reference_loss: float, budget: int) -> None:
@@ -159,8 +162,10 @@ class Monitor:
         self.ratios: deque[float] = deque(maxlen=cfg.window)
         self.best = math.inf
         self.pending_best: deque[float] = deque(maxlen=cfg.window)
+        self.attention = AttentionWatch(cfg)
 
-    def update(self, step: int, loss: float, grad_norm: float, ratio: float = math.nan) -> Verdict | None:
+    def update(self, step: int, loss: float, grad_norm: float, ratio: float = math.nan,
+               extra: Mapping[str, float] | None = None) -> Verdict | None:
         verdict = nonfinite(step, loss=loss, grad_norm=grad_norm)
         if verdict is not None or not self.cfg.enabled:
             return verdict
@@ -174,10 +179,11 @@ class Monitor:
         if len(self.pending_best) == self.pending_best.maxlen:
             self.best = min(self.best, self.pending_best[0])
         self.pending_best.append(loss)
+        attention = self.attention.update(step, extra or {})
         if len(self.early) < self.cfg.grace_steps:
             self.early.append(grad_norm)
-            return None
-        return self._windowed(step)
+            return attention
+        return self._windowed(step) or attention
 
     def state_dict(self) -> dict[str, Any]:
         """What the monitor has seen, as plain floats and lists (for a trial checkpoint);

@@ -8,7 +8,9 @@ Reported metrics (every report): ``step``, ``train_loss`` (mean over the window)
 ``grad_norm`` (global L2 norm before clipping, last step of the window), ``grad_norm_max``
 (max over the window), ``clip_fraction`` (share of the window's steps where clipping
 changed the gradient), ``update_ratio`` (||dw|| / ||w|| of the last step), ``lr``,
-``val_loss`` and ``val_accuracy`` (latest evaluation), ``diverged`` (0/1), ``final`` (0/1).
+``val_loss`` and ``val_accuracy`` (latest evaluation), ``diverged`` (0/1), ``final`` (0/1);
+and the workload's own signals of the last step, if it has any (``Workload.signals``:
+``attn_logit_max`` and ``attn_entropy_min`` for ``tiny_lm``), read in the same host sync.
 
 Every ``checkpoint_every`` steps the report carries a checkpoint of the whole trial
 (:mod:`gradtune.checkpoint`), and every report says the step of the last healthy one
@@ -28,7 +30,7 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import torch
@@ -114,10 +116,11 @@ class Judge:
         self.amp = amp
         self.overflows = 0
 
-    def __call__(self, step: int, loss: float, grad_norm: float, ratio: float) -> Verdict | None:
+    def __call__(self, step: int, loss: float, grad_norm: float, ratio: float,
+                 extra: Mapping[str, float] | None = None) -> Verdict | None:
         if not self.amp.overflowed(grad_norm):
             self.overflows = 0
-            return self.monitor.update(step, loss, grad_norm, ratio)
+            return self.monitor.update(step, loss, grad_norm, ratio, extra)
         self.overflows += 1
         verdict = signals.nonfinite(step, loss=loss)
         if verdict is None and self.overflows >= MAX_OVERFLOWS:
@@ -136,7 +139,8 @@ class Judge:
 
 
 class StepMonitor(Protocol):
-    def update(self, step: int, loss: float, grad_norm: float, ratio: float) -> Verdict | None: ...
+    def update(self, step: int, loss: float, grad_norm: float, ratio: float,
+               extra: Mapping[str, float] | None = None) -> Verdict | None: ...
 
 
 def train(
@@ -199,12 +203,15 @@ def train(
         amp.step(optimizer)
         schedule.step()
         ratio = updates.after_step()
+        extra = wl.signals() if wl.signals else {}  # the workload's own, e.g. attention
         # The one host sync per step: the divergence rules need this step's numbers now.
-        loss_v, norm_v, clipped_v, ratio_v = torch.stack(
-            [loss.detach().float(), grad_norm.float(), clipped.float(), ratio.float()]
+        loss_v, norm_v, clipped_v, ratio_v, *extra_v = torch.stack(
+            [loss.detach().float(), grad_norm.float(), clipped.float(), ratio.float(),
+             *(v.float() for v in extra.values())]
         ).tolist()
+        signals_v = dict(zip(extra, extra_v))
         window.add(loss_v, norm_v, bool(clipped_v))
-        verdict = judge(step, loss_v, norm_v, ratio_v)
+        verdict = judge(step, loss_v, norm_v, ratio_v, signals_v)
         done = verdict is not None or step == t.steps
         if done or step % eval_every == 0:
             val.update(workloads.evaluate(wl))
@@ -216,6 +223,7 @@ def train(
                 "update_ratio": ratio_v,
                 "lr": lr,
                 **val,
+                **signals_v,  # this step's
                 outcome.DIVERGED: 0,
                 outcome.FINAL: int(done),
                 outcome.HEALTHY_STEP: marks.healthy(step),

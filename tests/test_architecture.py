@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "gradtune"
 FLOORS = [
     {"errors", "outcome", "interrupt", "spool"},
     {"params", "credentials", "address"},
-    {"spec"},
+    {"spec", "attention"},
     {"signals", "search_space", "workloads", "clipping", "telemetry", "precision", "feasibility",
      "writer", "checkpoint", "failure"},
     {"trial", "searcher", "scheduler", "tracking"},

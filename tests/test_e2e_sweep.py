@@ -103,3 +103,34 @@ def test_tpe_sweep_with_asha(ray_session, tiny_spec):
     assert sum(result.counts().values()) == 6
     assert result.counts()["failed"] == 0
 
+
+
+def test_a_searched_workload_option_reaches_the_model_mlflow_and_the_attention_rules(
+        ray_session, tiny_spec):
+    """``qk_norm`` searched like a knob: one child run per value, logged as param
+    ``qk_norm``, each with the attention signals as metrics; at lr 0.3 the run without
+    qk-layernorm is stopped by an attention rule, the one with it completes."""
+    spec = tiny_spec(**{
+        "name": "e2e-workload-option",
+        "workload.name": "tiny_lm",
+        "workload.options": {"depth": 1, "width": 32, "heads": 2, "context": 16, "corpus_kb": 64},
+        "search.sampler": "grid",
+        "search.space": {"qk_norm": [False, True], "norm": "layer", "optimizer": "adamw",
+                         "lr": 0.3, "batch_size": 16, "clip_method": "none"},
+        "divergence.window": 5,
+        "training.steps": 40,
+        "training.report_every": 5,
+    })
+    result = sweep.run(spec)
+    client = MlflowClient(result.tracking_uri)
+    _, kids = children(client, result)
+    by_qk = {r.data.params["qk_norm"]: r for r in kids}
+    assert set(by_qk) == {"False", "True"}
+    for run in kids:
+        for name in ("attn_logit_max", "attn_entropy_min"):
+            assert client.get_metric_history(run.info.run_id, name), name
+    plain, normed = by_qk["False"], by_qk["True"]
+    assert plain.data.tags["gradtune.outcome"] == "diverged"
+    assert plain.data.tags["gradtune.divergence_reason"].startswith("attention")
+    assert normed.data.tags["gradtune.outcome"] == "completed"
+    assert normed.data.metrics["attn_logit_max"] < 100

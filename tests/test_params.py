@@ -68,3 +68,12 @@ def test_the_readme_table_lists_every_parameter_with_its_default():
     text = (ROOT / "README.md").read_text()
     rows = dict(re.findall(r"^\| `(\w+)` \| [^|]* \| `([^`]*)` \|", text, flags=re.M))
     assert rows == {name: str(p.default) for name, p in params.PARAMS.items()}
+
+
+def test_searched_workload_options_are_trial_params_by_their_own_name():
+    spec = load(None, {"workload.name": "tiny_lm", "workload.options": {},
+                       "search.space": {"qk_norm": [False, True], "lr": [0.1]}})
+    values = params.trial_params(spec, {"qk_norm": True, "lr": 0.1})
+    assert values["qk_norm"] is True and values["lr"] == 0.1
+    assert params.workload_options(values) == {"qk_norm": True}
+    assert params.applies("qk_norm", {})

@@ -75,3 +75,20 @@ def test_same_spec_and_seed_sample_the_same_configs(sampler):
     assert runs[0] == runs[1]
     other, _ = searcher.make(load(None, {"search.sampler": sampler, "training.seed": 1}))
     assert [other.suggest(f"t{i}") for i in range(12)] != runs[0]
+
+
+def test_workload_options_are_sampled_like_the_knobs():
+    configs = sample({"qk_norm": [False, True], "z_loss": Range(low=1e-5, high=1e-3, log=True),
+                      "depth": 3, "lr": Range(low=1e-3, high=1.0, log=True)})
+    assert {c["qk_norm"] for c in configs} == {False, True}
+    for c in configs:
+        assert isinstance(c["z_loss"], float) and 1e-5 <= c["z_loss"] <= 1e-3
+        assert c["depth"] == 3
+
+
+def test_grid_over_a_workload_option():
+    points = search_space.grid_points({"qk_norm": [False, True], "lr": [0.01, 0.3],
+                                       "clip_method": ["none", "norm"], "clip_threshold": [1.0]})
+    assert len(points) == 8
+    assert {(p["qk_norm"], p["lr"]) for p in points} == {(q, lr) for q in (False, True)
+                                                           for lr in (0.01, 0.3)}

@@ -55,7 +55,10 @@ search:
     [
         ("nmae: x\n", "s.yaml: nmae: unknown key"),
         ("training: {stpes: 3}\n", "s.yaml: training.stpes: unknown key"),
-        ("search: {space: {clip: [none]}}\n", "s.yaml: search.space.clip: unknown parameter"),
+        # a name outside the registry is a workload option (checked by workloads.check)
+        ("search: {space: {clip-method: [none]}}\n",
+         "s.yaml: search.space.clip-method: neither a parameter (clip_method, "),
+        ("search: {space: {qk_norm: []}}\n", "search.space.qk_norm: a choice needs at least one value"),
         ("training: {steps: many}\n", "s.yaml: training.steps: Input should be a valid integer"),
         ("training: {steps: 0}\n", "s.yaml: training.steps: Input should be greater than 0"),
         ("search: {space: {norm: [layer, bogus]}}\n", "s.yaml: search.space.norm: 'bogus' is not one of"),
@@ -225,3 +228,16 @@ def test_soft_limits_name_each_key():
         "lr": [0.1 * (i + 1) for i in range(200)], "batch_size": list(range(1, 101)),
     }})
     assert spec_mod.beyond(grid) == ["search.space: 20000 grid points, more than 10000"]
+
+
+def test_a_workload_option_in_the_space_loads_as_it_is(tmp_path):
+    """Names outside the registry are workload options: the spec keeps their values (a
+    list, a range or a scalar) and ``workloads.check`` judges them against the workload."""
+    spec = spec_mod.load(write(tmp_path, """
+workload: {name: tiny_lm}
+search:
+  space: {qk_norm: [false, true], z_loss: {low: 1.0e-5, high: 1.0e-3, log: true}, depth: 3}
+"""))
+    assert spec.search.space["qk_norm"] == [False, True]
+    assert spec.search.space["z_loss"] == Range(low=1e-5, high=1e-3, log=True)
+    assert spec.search.space["depth"] == 3

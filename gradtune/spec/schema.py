@@ -1,7 +1,9 @@
 """The sweep spec's schema: a validated, frozen description of one sweep.
 
 In ``search.space`` a scalar fixes a value, a list is a categorical choice and ``{low, high,
-log}`` is a range; the parameters and what they accept are :mod:`gradtune.params`'s.
+log}`` is a range; the parameters and what they accept are :mod:`gradtune.params`'s. Any
+other name is a workload option; what it accepts is the workload's to say, and
+:func:`gradtune.workloads.check` checks it before a sweep starts.
 Unknown keys are errors naming the key. The defaults of :class:`SweepSpec` are the
 quickstart sweep, so ``SweepSpec()`` is what ``python -m gradtune sweep`` runs with no SPEC
 (``sweeps/quickstart.yaml`` spells it out). Reading YAML and ``--set`` is
@@ -180,6 +182,9 @@ class DivergenceSpec(_Frozen):
     loss_factor: float | None = Field(default=100.0, gt=1)  # x chance-level loss, whole window
     loss_vs_best: float | None = Field(default=10.0, gt=1)  # x the trial's best loss
     update_ratio: float | None = Field(default=1.0, gt=0)  # ||dw||/||w|| of a single step
+    # Attention rules (gradtune.attention), for workloads that report attention signals:
+    attn_logit_growth: float | None = Field(default=1e3, gt=1)  # max logit, x its initial, window
+    attn_entropy_drop: float | None = Field(default=1e-3, gt=0, lt=1)  # min entropy, x initial
     cohort_factor: float | None = Field(default=1e3, gt=1)  # x the cohort's median at that step
     cohort_min_trials: int = Field(default=4, ge=2)
     scheduler: Literal["none", "asha", "median"] = "none"  # performance pruning
@@ -211,13 +216,17 @@ class SweepSpec(_Frozen):
 
 
 def check_dimension(name: str, dim: Any) -> None:
-    """Raise ``ValueError`` naming ``space.<name>`` if ``dim`` does not fit the parameter."""
-    param = PARAMS.get(name)
-    if param is None:
-        raise ValueError(f"space.{name}: unknown parameter; known: {', '.join(PARAMS)}")
-    values = dim if isinstance(dim, list) else [dim]
+    """Raise ``ValueError`` naming ``space.<name>`` if ``dim`` does not fit the parameter. A
+    name outside the registry is a workload option: here only its shape is checked."""
     if isinstance(dim, list) and not dim:
         raise ValueError(f"space.{name}: a choice needs at least one value")
+    param = PARAMS.get(name)
+    if param is None:
+        if not name.isidentifier():
+            raise ValueError(f"space.{name}: neither a parameter ({', '.join(PARAMS)}) "
+                             "nor a workload option name")
+        return
+    values = dim if isinstance(dim, list) else [dim]
     if isinstance(dim, Range):
         if param.kind == "choice":
             raise ValueError(f"space.{name}: a choice parameter cannot take a range")

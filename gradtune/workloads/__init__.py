@@ -15,6 +15,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from gradtune.errors import GradtuneError
+from gradtune.params import PARAMS, workload_options
+from gradtune.spec import Range
 from gradtune.workloads import catalog
 
 if TYPE_CHECKING:
@@ -52,24 +54,54 @@ def check(name: str, options: dict[str, Any], space: dict[str, Any] | None = Non
     :class:`GradtuneError` naming ``workload.options.<key>``; ``cnn`` also checks that a
     dataset it may not download is on disk. Plug-ins: the module imports, the factory is
     callable and takes no argument gradtune cannot pass; with the sweep's ``space``, a
-    searched ``norm`` needs a factory that takes ``norm``.
+    searched ``norm`` needs a factory that takes ``norm``, and a searched workload option
+    one that takes ``options``.
+
+    A name in ``space`` outside the registry of hyperparameters is a workload option: for a
+    built-in it must be one of the workload's options and each of its values must pass that
+    option's check (a range only on a float option), else :class:`GradtuneError` names
+    ``search.space.<name>``.
     """
     if is_plugin(name):
         from gradtune.workloads import plugin
 
         plugin.check(name, options, space or {})
         return
-    resolved = catalog.resolve(_entry(name).options, options)
+    schema = _entry(name).options
+    resolved = catalog.resolve(schema, options)
+    for key, dim in (space or {}).items():
+        if key not in PARAMS:
+            _check_searched(name, schema, options, key, dim)
     if name == "cnn":
         from gradtune.workloads import datasets
 
         datasets.check(resolved)
 
 
+def _check_searched(
+    name: str, schema: dict[str, catalog.Option], options: dict[str, Any], key: str, dim: Any
+) -> None:
+    if key not in schema:
+        raise GradtuneError(
+            f"search.space.{key}: unknown parameter; known: {', '.join(PARAMS)}, and the "
+            f"options of workload {name}: {', '.join(schema)}"
+        )
+    if isinstance(dim, Range):
+        kind = type(schema[key].default)
+        if kind is not float:
+            raise GradtuneError(f"search.space.{key}: a range needs a float option, but {key} "
+                                f"is {kind.__name__}; list its values instead")
+        dim = [dim.low, dim.high]
+    for value in dim if isinstance(dim, list) else [dim]:
+        catalog.resolve(schema, {**options, key: value}, where="search.space")
+
+
 def build(
     name: str, options: dict[str, Any], params: dict[str, Any], seed: int, device: torch.device
 ) -> Workload:
-    """Build workload ``name`` with its ``options`` and the trial's hyperparameters."""
+    """Build workload ``name`` with its ``options`` and the trial's hyperparameters; the
+    workload options among ``params`` (searched ones) override ``options``."""
+    options = {**options, **workload_options(params)}
     if is_plugin(name):
         from gradtune.workloads import plugin
 

@@ -23,6 +23,12 @@ class Workload:
     (chance level for classification), the yardstick for "far above chance".
     ``warmup_steps`` is the LR warmup the workload asks for (the transformer's option); the
     trial uses it only where the spec's own ``warmup_steps`` is 0.
+
+    ``signals``, if given, returns extra per-step stability signals of the latest training
+    forward pass (``tiny_lm``: ``attn_logit_max``, ``attn_entropy_min``), each a 0-dim
+    tensor on the device: the trial reads them in its one host sync per step, reports them
+    as metrics of that name and gives them to the divergence monitor. Computing them must
+    not sync (no ``.item()``).
     """
 
     model: nn.Module
@@ -32,6 +38,7 @@ class Workload:
     task: str  # "classification" | "regression"
     reference_loss: float
     warmup_steps: int = 0
+    signals: Callable[[], dict[str, Tensor]] | None = None
 
 
 class ShuffledBatches(Iterator[Batch]):

@@ -39,15 +39,16 @@ class Entry:
         return {name: opt.default for name, opt in self.options.items()}
 
 
-def resolve(schema: dict[str, Option], options: dict[str, Any]) -> dict[str, Any]:
+def resolve(
+    schema: dict[str, Option], options: dict[str, Any], where: str = "workload.options"
+) -> dict[str, Any]:
     """``options`` over the schema's defaults, each checked; an unknown key, a wrong type,
     a value outside ``choices`` or below ``minimum`` raises :class:`GradtuneError` naming
-    ``workload.options.<key>``. An int is accepted where a float is expected."""
+    ``<where>.<key>`` (``workload.options.<key>``). An int is accepted where a float is
+    expected."""
     unknown = sorted(set(options) - set(schema))
     if unknown:
-        raise GradtuneError(
-            f"workload.options.{unknown[0]}: unknown option; known: {', '.join(schema)}"
-        )
+        raise GradtuneError(f"{where}.{unknown[0]}: unknown option; known: {', '.join(schema)}")
     resolved: dict[str, Any] = {}
     for name, opt in schema.items():
         value = options.get(name, opt.default)
@@ -55,17 +56,13 @@ def resolve(schema: dict[str, Option], options: dict[str, Any]) -> dict[str, Any
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-            raise GradtuneError(
-                f"workload.options.{name}: expected {kind.__name__}, but got {value!r}"
-            )
+            raise GradtuneError(f"{where}.{name}: expected {kind.__name__}, but got {value!r}")
         if opt.choices and value not in opt.choices:
             raise GradtuneError(
-                f"workload.options.{name}: {value!r} is not one of {', '.join(opt.choices)}"
+                f"{where}.{name}: {value!r} is not one of {', '.join(opt.choices)}"
             )
         if opt.minimum is not None and value < opt.minimum:
-            raise GradtuneError(
-                f"workload.options.{name}: expected >= {opt.minimum:g}, but got {value!r}"
-            )
+            raise GradtuneError(f"{where}.{name}: expected >= {opt.minimum:g}, but got {value!r}")
         resolved[name] = value
     return resolved
 
@@ -127,6 +124,21 @@ BUILTIN: dict[str, Entry] = {
                             minimum=1),
             "train_size": Option(0, "training examples used (0: all)", minimum=0),
             "val_size": Option(500, "validation examples (from the test split)", minimum=1),
+        },
+    ),
+    "tiny_lm": Entry(
+        "byte-level decoder LM on the standard library's source: attention-logit growth and "
+        "qk-layernorm (Wortsman et al. 2023)",
+        {
+            "depth": Option(2, "transformer blocks (Pre-LN with the trial's `norm`)", minimum=1),
+            "width": Option(64, "model width", minimum=2),
+            "heads": Option(4, "attention heads (must divide width)", minimum=1),
+            "context": Option(64, "bytes of context", minimum=2),
+            "qk_norm": Option(False, "LayerNorm on each head's queries and keys (qk-layernorm)"),
+            "z_loss": Option(0.0, "coefficient of the z-loss, mean (log Z)^2 of the output "
+                                  "logits, added to the training loss", minimum=0),
+            "corpus_kb": Option(448, "KiB of standard-library source read, 10% held out",
+                                minimum=16),
         },
     ),
 }

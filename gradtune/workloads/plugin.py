@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from gradtune.errors import GradtuneError
+from gradtune.params import PARAMS
 from gradtune.workloads.base import Batch, Workload
 from gradtune.workloads.layers import rescale_init
 
@@ -100,8 +101,15 @@ def accepted(name: str, factory: Callable[..., Any]) -> set[str]:
 
 def check(name: str, options: dict[str, Any], space: dict[str, Any]) -> None:
     """Import and inspect the factory without calling it; with the sweep's ``space``, a
-    searched or fixed ``norm`` other than ``none`` needs a factory that takes ``norm``."""
+    searched or fixed ``norm`` other than ``none`` needs a factory that takes ``norm``, and
+    a searched workload option (a name outside the registry) one that takes ``options``."""
     takes = accepted(name, load_factory(name))
+    searched = [key for key in space if key not in PARAMS]
+    if searched and "options" not in takes:
+        raise GradtuneError(
+            f"search.space.{searched[0]}: the plug-in {name} takes no `options` argument, "
+            "so it cannot take a searched workload option"
+        )
     norms = space.get("norm", [])
     norms = norms if isinstance(norms, list) else [norms]
     if "norm" not in takes and any(n != "none" for n in norms):

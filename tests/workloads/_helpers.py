@@ -19,6 +19,7 @@ SMALL = {
     "resmlp": {"blocks": 2, "width": 16},
     "transformer": {"layers": 1, "d_model": 8, "heads": 2, "seq_len": 5, "vocab": 6},
     "cnn": {"dataset": "fake", "width": 4, "depth": 1, "train_size": 64, "val_size": 32},
+    "tiny_lm": {"depth": 1, "width": 8, "heads": 2, "context": 8, "corpus_kb": 16},
 }
 NORMS = ("none", "batch", "layer", "group", "rms")
 

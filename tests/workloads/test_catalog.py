@@ -15,7 +15,7 @@ from tests.workloads._helpers import CPU
 
 
 def test_every_builtin_has_a_module_with_matching_options():
-    assert workloads.BUILTIN == ("deep_mlp", "rnn_adding", "resmlp", "transformer", "cnn")
+    assert workloads.BUILTIN == ("deep_mlp", "rnn_adding", "resmlp", "transformer", "cnn", "tiny_lm")
     for name in workloads.BUILTIN:
         module = importlib.import_module(f"gradtune.workloads.{name}")
         schema = catalog.BUILTIN[name].options

@@ -199,6 +199,15 @@ def test_plugin_that_takes_no_norm_refuses_a_searched_norm():
     workloads.check(f"{HERE}:factory_knobs", {}, {"norm": ["batch"]})
 
 
+def test_plugin_searched_option_reaches_its_options():
+    """A space name outside the registry is the plug-in's option: it needs ``options``."""
+    workloads.check(f"{HERE}:factory_dict", {}, {"width": [4, 16]})
+    with pytest.raises(GradtuneError, match="search.space.width: the plug-in .* takes no `options`"):
+        workloads.check(f"{HERE}:factory_knobs", {}, {"width": [4, 16]})
+    wl = make("factory_dict", width=16)  # a searched width overrides options' 8
+    assert wl.model[0].out_features == 16
+
+
 def test_plugin_example_trains_in_process(monkeypatch):
     monkeypatch.chdir(ROOT)
     spec = spec_mod.load(ROOT / "sweeps" / "plugin_example.yaml",

@@ -89,3 +89,37 @@ def test_every_builtin_has_a_sweep_file():
     for name in workloads.BUILTIN:
         spec = spec_mod.load(ROOT / "sweeps" / f"{name}.yaml")
         assert spec.workload.name == name
+
+
+def test_check_accepts_searched_workload_options():
+    workloads.check("tiny_lm", {}, {"qk_norm": [False, True], "lr": [0.1],
+                                    "z_loss": spec_mod.Range(low=1e-5, high=1e-3, log=True)})
+    workloads.check("resmlp", {}, {"norm_position": ["pre", "post"], "fixup": False})
+    # the registry wins a shared name: the transformer's warmup_steps is the trial's knob
+    workloads.check("transformer", {}, {"warmup_steps": [0, 30]})
+
+
+@pytest.mark.parametrize("name, space, message", [
+    ("deep_mlp", {"clip": ["none"]},
+     "search.space.clip: unknown parameter; known: clip_method, .*, and the options of workload "
+     "deep_mlp: depth, width, activation$"),
+    ("resmlp", {"norm_position": ["pre", "middle"]},
+     "search.space.norm_position: 'middle' is not one of pre, post"),
+    ("tiny_lm", {"qk_norm": [True, 1]}, "search.space.qk_norm: expected bool, but got 1"),
+    ("tiny_lm", {"depth": spec_mod.Range(low=1, high=4)},
+     "search.space.depth: a range needs a float option, but depth is int; list its values"),
+    ("tiny_lm", {"z_loss": spec_mod.Range(low=-1, high=1)}, r"search.space.z_loss: expected >= 0"),
+    ("tiny_lm", {"heads": 0}, "search.space.heads: expected >= 1, but got 0"),
+])
+def test_check_names_a_bad_searched_option(name, space, message):
+    with pytest.raises(GradtuneError, match=message):
+        workloads.check(name, {}, space)
+
+
+def test_build_takes_searched_options_over_the_specs():
+    from gradtune import params as params_mod
+
+    options = {**SMALL["tiny_lm"], "qk_norm": False}
+    wl = workloads.build("tiny_lm", options, {**params_mod.defaults(), "qk_norm": True}, 0,
+                         torch.device("cpu"))
+    assert isinstance(wl.model.blocks[0].attn.q_norm, nn.LayerNorm)
