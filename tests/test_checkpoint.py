@@ -384,7 +384,7 @@ def test_checkpoints_off(every):
 
 
 class NeverStops:
-    def update(self, step, loss, grad_norm, ratio):
+    def update(self, step, loss, grad_norm, ratio, extra=None):
         return None
 
 
