@@ -201,6 +201,7 @@ def test_tune_keeps_enough_checkpoints_for_the_healthy_one(every, window, keep):
             assert healthy is None or healthy in taken[-keep:]
 
 
+@pytest.mark.slow
 def test_save_and_load_round_trip_through_disk(tmp_path):
     model = torch.nn.Linear(3, 2)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
@@ -289,6 +290,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
 def test_restored_trial_ends_as_the_uninterrupted_one(case, tmp_path):
     s = spec(**{"training.steps": 40})
@@ -332,6 +334,7 @@ def test_latest_evaluation_is_restored_when_eval_is_rarer_than_reports(tmp_path)
     ("cnn", {"dataset": "fake", "width": 4, "depth": 1, "train_size": 64, "val_size": 32}),
     ("resmlp", {"blocks": 2, "width": 16}),
 ])
+@pytest.mark.slow
 def test_every_built_in_workload_restores_exactly(name, options, tmp_path):
     s = spec(**{"workload.name": name, "workload.options": options, "training.steps": 20})
     assert_restore_is_exact(s, {"norm": "layer", "optimizer": "adam", "lr": 1e-3}, tmp_path, at=10)

@@ -115,6 +115,7 @@ def test_the_summary_and_the_ui_command_show_no_password(monkeypatch, capsys):
     assert capsys.readouterr().out == "MLflow UI for postgresql://***@db:5432/mlflow at http://127.0.0.1:5000\n"
 
 
+@pytest.mark.slow
 def test_rays_job_entrypoint_holds_no_password(tmp_path):
     """Ray records the driver's command line as the job's entrypoint; the sweep redacts
     its process title before ``ray.init``."""

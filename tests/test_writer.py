@@ -66,6 +66,7 @@ def runs_by_name(client, exp_id):
     return {r.info.run_name: r for r in client.search_runs([exp_id], max_results=100)}
 
 
+@pytest.mark.slow
 def test_records_arrive_in_order_and_metrics_are_batched(store, tmp_path):
     uri, client, exp_id = store
     w = Writer(uri, tmp_path / "spool.jsonl", linger_s=0.0)
@@ -102,6 +103,7 @@ def test_records_arrive_in_order_and_metrics_are_batched(store, tmp_path):
     assert not (tmp_path / "spool.jsonl").exists()  # the store never went away
 
 
+@pytest.mark.slow
 def test_a_down_server_spools_everything_after_the_budget(store, tmp_path):
     _, _, exp_id = store
     spool = tmp_path / "spool.jsonl"
@@ -124,6 +126,7 @@ def test_a_down_server_spools_everything_after_the_budget(store, tmp_path):
     assert not any("acked" in line for line in lines)
 
 
+@pytest.mark.slow
 def test_nan_and_inf_round_trip_through_the_spool(store, tmp_path):
     uri, client, exp_id = store
     spool = tmp_path / "spool.jsonl"
@@ -155,6 +158,7 @@ def test_nan_and_inf_round_trip_through_the_spool(store, tmp_path):
     assert [repr(v) for v in got] == [repr(v) for v in want]  # repr: NaN == NaN, bit-exact floats
 
 
+@pytest.mark.slow
 def test_replay_is_idempotent(store, tmp_path):
     uri, client, exp_id = store
     spool = tmp_path / "spool.jsonl"
@@ -198,6 +202,7 @@ def test_replay_is_idempotent(store, tmp_path):
     assert json.loads(open(summary).read()) == ids
 
 
+@pytest.mark.slow
 def test_a_record_the_store_refuses_is_dropped_and_the_rest_goes_on(store, tmp_path):
     uri, client, exp_id = store
     w = Writer(uri, tmp_path / "spool.jsonl", linger_s=0.0)
@@ -236,6 +241,7 @@ def test_backoff_doubles_to_a_cap_with_jitter():
     assert len({round(w, 6) for w in waits[-1]}) > 100  # jittered, not in step
 
 
+@pytest.mark.slow
 def test_sync_command_sends_a_spool_and_says_so(store, tmp_path, capsys):
     uri, client, exp_id = store
     storage = tmp_path / "results" / "sweep-x"
