@@ -5,6 +5,7 @@ is a real ``python -m gradtune`` process, signalled by PID."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -131,13 +132,17 @@ def test_a_killed_driver_is_resumed_without_rerunning_or_duplicating(tmp_path):
     """``kill -9`` of the driver leaves RUNNING runs and no summary; ``--resume`` continues
     the same parent, does not rerun a trial Tune had saved as finished, and ends every run."""
     proc, log = start(tmp_path, *sweep_args(tmp_path))
-    deadline, done, folder = time.monotonic() + 300, None, None
+    deadline, done, folder = time.monotonic() + 400, None, None
     while time.monotonic() < deadline and done is None:
         assert proc.poll() is None, tail(log)
         finished = [r for r in runs(tmp_path) if r.info.end_time  # the writer sends the tag first
                     and r.data.tags.get("gradtune.outcome") in {"completed", "diverged"}]
         states = sorted((tmp_path / "results").glob("*/experiment_state-*.json"))
-        if finished and states and states[-1].stat().st_mtime * 1000 > finished[0].info.end_time + 1000:
+        ended = {r.data.tags.get("gradtune.trial_id") for r in runs(tmp_path) if r.info.end_time}
+        checkpointed = {d.parent.name.split("_")[1]  # trainable_<trial id>_...
+                        for d in (tmp_path / "results").glob("*/trainable_*/checkpoint_*")} - ended
+        if (finished and states and checkpointed
+                and states[-1].stat().st_mtime * 1000 > finished[0].info.end_time + 1000):
             done, folder = finished[0], states[-1].parent
         time.sleep(0.5)
     assert done is not None, tail(log)
@@ -161,3 +166,9 @@ def test_a_killed_driver_is_resumed_without_rerunning_or_duplicating(tmp_path):
     for kid in live:
         steps = [m.step for m in client.get_metric_history(kid.info.run_id, "train_loss")]
         assert steps == sorted(set(steps)), steps
+    # A trial cut off in flight went on from its checkpoint: its first report after the
+    # restart is past the first report of its first start (Tune counts from 1 again).
+    starts = [[r["step"] for r in map(json.loads, result.read_text().splitlines())
+               if r.get("iterations_since_restore") == 1] for result in folder.glob("trainable_*/result.json")]
+    restarted = [s for s in starts if len(s) >= 2]
+    assert restarted and any(s[-1] > s[0] for s in restarted), starts
