@@ -45,6 +45,14 @@ def quickstart(steps: int, every: int) -> SweepSpec:
                        "training.device": "cpu"})
 
 
+def step_time(spec: SweepSpec) -> float:
+    """Seconds per step without checkpoints, from the first report to the last (setup left out)."""
+    stamps: list[tuple[int, float]] = []
+    trial.train(spec, CONFIG, lambda m: stamps.append((m["step"], time.perf_counter())))
+    (first, t_first), (last, t_last) = stamps[0], stamps[-1]
+    return (t_last - t_first) / (last - first)
+
+
 def in_process(steps: int, every: int, repeats: int) -> dict[str, float]:
     spec = quickstart(steps, every)
     step_times: list[float] = []
@@ -52,10 +60,7 @@ def in_process(steps: int, every: int, repeats: int) -> dict[str, float]:
     sizes: list[int] = []
     with tempfile.TemporaryDirectory() as storage:
         for _ in range(repeats):
-            stamps: list[tuple[int, float]] = []  # (step, time) of each report: setup left out
-            trial.train(spec, CONFIG, lambda m: stamps.append((m["step"], time.perf_counter())))
-            (first, t_first), (last, t_last) = stamps[0], stamps[-1]
-            step_times.append((t_last - t_first) / (last - first))
+            step_times.append(step_time(spec))
 
             def save(metrics: dict[str, Any], state: dict[str, Any]) -> None:
                 t0 = time.perf_counter()
