@@ -19,9 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gradtune.outcome import failure_line
+from gradtune.outcome import NO_ERROR, failure_line
 
-NO_ERROR = "failed (no error recorded)"
 # Ray's memory monitor says so when it kills a worker; a SIGKILL's message only lists the
 # OOM killer among "potential root causes", which is no evidence.
 MEMORY_KILL = re.compile(r"low on memory|memory pressure|OutOfMemoryError", re.IGNORECASE)

@@ -197,7 +197,7 @@ class Ledger:
             trial_id=trial_id, number=self.number(trial_id),
             outcome=outcome_of(result, verdict, errored), params=dict(params),
             result={k: result[k] for k in RECORDED if k in result}, verdict=verdict,
-            error=failure_line(error or "failed (no error recorded)") if errored else None,
+            error=failure_line(error or NO_ERROR) if errored else None,
             failures=failures,
         )
         self.records[trial_id] = record
@@ -236,6 +236,7 @@ class Ledger:
 
 
 MAX_ERROR = 300  # characters of a failure's one line (an MLflow tag holds 5000)
+NO_ERROR = "failed (no error recorded)"
 
 
 def failure_line(text: str, limit: int = MAX_ERROR) -> str:
