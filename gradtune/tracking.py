@@ -225,17 +225,13 @@ class MLflowTracking(Callback):
         key = self.runs.get(trial.trial_id)
         if key is None or self.writer is None:
             return
-        # A retry reports again the steps between its checkpoint and the failure: the first
-        # report of a step stands (on CPU the two are the same).
+        if result.get("training_iteration") == 1 and result.get(outcome.NODE_ID):
+            self.writer.put("tags", key, tags={"gradtune.node_id": str(result[outcome.NODE_ID])})
+        # A retry or a resumed sweep reports again the steps between its checkpoint and the
+        # stop: the first report of a step stands (on CPU the two are the same).
         step = int(result.get(outcome.STEP, 0))
         if step and step <= self.logged_step.get(trial.trial_id, 0):
             return
-        self.logged_step[trial.trial_id] = step
-        if result.get("training_iteration") == 1 and result.get(outcome.NODE_ID):
-            self.writer.put("tags", key, tags={"gradtune.node_id": str(result[outcome.NODE_ID])})
-        step = int(result.get(outcome.STEP, 0))
-        if step <= self.logged_step.get(trial.trial_id, 0):
-            return  # logged before the trial was interrupted
         self.logged_step[trial.trial_id] = step
         self.writer.put("metrics", key, points=metrics_of(result, _now()))
 
