@@ -171,9 +171,11 @@ class ProcessWatch:
         for pid in session_pids([session]):
             if pid == session:
                 try:
-                    self.driver_cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
                 except OSError:
-                    pass
+                    continue
+                # An exited driver not yet reaped reads as empty: keep the last real one.
+                self.driver_cmdline = cmdline or self.driver_cmdline
                 continue
             self.seen.add(pid)
             for what in ("environ", "cmdline"):
