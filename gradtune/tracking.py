@@ -128,8 +128,8 @@ class MLflowTracking(Callback):
         returns the parent's run id. Called by the sweep before Tune starts, so a bad
         tracking URI or a server that is down fails here, in seconds, before any trial."""
         _quiet_run_links()
-        self.writer = Writer(self.tracking_uri, self.spool, outage_s=self.outage_s)
         with store_lock(self.tracking_uri):  # one store creation, one experiment
+            self.writer = Writer(self.tracking_uri, self.spool, outage_s=self.outage_s)
             self.experiment_id, self.parent_id = self.writer.open(
                 self.experiment,
                 run_name=f"sweep {self.spec.name} {time.strftime('%Y-%m-%d %H:%M:%S')}",
