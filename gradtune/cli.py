@@ -61,7 +61,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     the signal (130 Ctrl-C, 143 SIGTERM) when a signal stopped it: resumable."""
     if args.resume is not None:
         given = [flag for flag, value in (("SPEC", args.spec), ("--set", args.set), ("--trials", args.trials),
-                                          ("--experiment", args.experiment), ("--storage", args.storage))
+                                          ("--experiment", args.experiment))
                  if value]
         if given:
             raise GradtuneError(f"--resume continues a sweep as it was started; {given[0]} cannot change it")
@@ -83,7 +83,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     try:
         if args.resume is not None:
             result = sweep.resume(args.resume, address=args.address, tracking_uri=args.tracking_uri,
-                                  verbose=verbose, progress=sys.stdout)
+                                  verbose=verbose, progress=sys.stdout, storage=args.storage)
         else:
             result = sweep.run(spec, address=args.address, verbose=verbose, progress=sys.stdout)
     except Interrupted as exc:
@@ -178,7 +178,8 @@ def parser() -> argparse.ArgumentParser:
                    help="run sizes beyond the safety limits (e.g. over 10000 trials or 10^8 steps)")
     s.add_argument("-v", "--verbose", action="store_true", help="also print Ray Tune's progress table")
     s.add_argument("--resume", metavar="PATH",
-                   help="continue an interrupted sweep from its folder (printed when it stopped)")
+                   help="continue an interrupted sweep: its folder (printed when it stopped), or the "
+                        "folder's name under --storage")
     s.set_defaults(func=cmd_sweep)
 
     v = sub.add_parser("validate", help="check a spec without running it")

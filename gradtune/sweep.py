@@ -81,13 +81,16 @@ def run(spec: SweepSpec, address: str | None = None, search: Any = None, verbose
 
 
 def resume(target: str, address: str | None = None, tracking_uri: str | None = None,
-           verbose: int = 1, progress: TextIO | None = None) -> SweepResult:
+           verbose: int = 1, progress: TextIO | None = None, storage: str | None = None) -> SweepResult:
     """Continue the interrupted sweep whose Tune experiment folder is ``target`` (printed
     when a sweep stops early): finished trials are not rerun, unfinished ones continue from
     their last checkpoint, the searcher keeps its history, and MLflow continues the same
     parent and child runs. ``tracking_uri`` replaces the one recorded (which had any
-    credentials removed)."""
+    credentials removed). ``target`` may also be the folder's name under ``storage`` (else
+    Ray's default ``~/ray_results``)."""
     path = os.path.abspath(os.path.expanduser(target))
+    if not os.path.isdir(path) and os.sep not in target:
+        path = os.path.join(_storage(storage) or os.path.expanduser("~/ray_results"), target)
     try:
         with open(os.path.join(path, MANIFEST)) as f:
             manifest = json.load(f)

@@ -86,3 +86,13 @@ def test_module_entry_point_runs_a_sweep(tmp_path):
     assert "gradtune sweep 'quickstart': 2 trials" in proc.stdout
     assert "python -m gradtune ui --tracking-uri sqlite:///" in proc.stdout
     assert (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["sweep", "--resume", "no-such-sweep"], "--resume no-such-sweep: not a gradtune sweep folder"),
+    (["sweep", "--resume", "x", "--trials", "3"], "--resume continues a sweep as it was started; --trials"),
+])
+def test_resume_of_nothing_is_one_line(in_tmp, capsys, argv, expected):
+    assert cli.main([*argv, "--storage", str(in_tmp / "results")]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and err.count("\n") == 1
