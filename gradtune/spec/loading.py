@@ -35,7 +35,7 @@ Loader.add_implicit_resolver(  # copies the resolvers for Loader; SafeLoader is 
 def parse_yaml(text: str) -> Any:
     """YAML through :class:`Loader`; ``RecursionError`` (nesting too deep) as YAMLError."""
     try:
-        return yaml.load(text, Loader=Loader)
+        return yaml.load(text, Loader=Loader)  # Loader is a SafeLoader: no object construction
     except RecursionError:
         raise yaml.YAMLError("nested too deeply") from None
 
