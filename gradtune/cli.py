@@ -77,7 +77,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     address.probe(args.address)  # a dead cluster says so before the imports below
     # Imported here: validate/ui must not pay for torch and Ray.
-    from gradtune import report, sweep
+    from gradtune import summary, sweep
 
     verbose = 1 if args.verbose else 0  # Ray Tune's table only when asked; our lines always
     try:
@@ -90,7 +90,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"gradtune: stopped at once by {signal.Signals(exc.signum).name}; "
               "runs in flight are marked KILLED", file=sys.stderr)
         return 128 + exc.signum
-    print(report.summary(result))
+    print(summary.render(result))
     return 0 if result.interrupted is None else 128 + result.interrupted
 
 

@@ -17,7 +17,7 @@ FLOORS = [
     {"trial", "searcher", "scheduler", "tracking"},
     {"progress"},
     {"sweep"},
-    {"report"},
+    {"summary"},
     {"cli"},
     {"__main__"},
 ]

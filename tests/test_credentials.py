@@ -94,14 +94,14 @@ def test_the_tracking_callback_pickles_without_the_secret():
 
 
 def test_the_summary_and_the_ui_command_show_no_password(monkeypatch, capsys):
-    from gradtune import cli, report
+    from gradtune import cli, summary
     from gradtune.sweep import SweepResult
 
     uri = "postgresql://gradtune:pa55/@word@db:5432/mlflow"
     result = SweepResult(spec=SweepSpec(), tracking_uri=uri, experiment="e", parent_run_id="p",
                          storage="/tmp/x", ledger=Ledger())
     assert "open the UI: python -m gradtune ui --tracking-uri 'postgresql://***@db:5432/mlflow'" in (
-        report.summary(result))
+        summary.render(result))
 
     def execv(path: str, argv: list[str]) -> None:
         raise SystemExit(argv)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from gradtune import report, sweep
+from gradtune import summary, sweep
 from gradtune.outcome import Outcome
 
 pytestmark = pytest.mark.e2e
@@ -120,7 +120,7 @@ def test_a_trial_that_keeps_raising_fails_with_its_reason(ray_session, tiny_spec
     assert "Failure # 3" in text and text.count("ValueError: boom at batch 12") >= 3
     assert 'retry_plugins.py", line' in text and "\x1b[" not in text  # the traceback, uncoloured
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [5, 10]
-    assert "    failed: ValueError: boom at batch 12" in report.summary(result).splitlines()
+    assert "    failed: ValueError: boom at batch 12" in summary.render(result).splitlines()
 
 
 def test_a_killed_worker_without_retries_fails_as_a_lost_worker(ray_session, tiny_spec, tmp_path):

@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import pytest
 from mlflow.tracking import MlflowClient
 
-from gradtune import cli, report, spool, sweep, tracking
+from gradtune import cli, spool, summary, sweep, tracking
 from gradtune.outcome import Ledger
 from gradtune.sweep import SweepResult
 from tests._servers import MlflowServer
@@ -94,7 +94,7 @@ def test_callbacks_do_not_wait_for_a_dead_server_and_sync_sends_the_rest(server,
     result = SweepResult(spec=spec, tracking_uri=server.url, experiment="outage-callbacks",
                          parent_run_id=parent_id, storage=str(tmp_path), ledger=tracker.ledger,
                          runs=tracker.run_ids(), pending=pending, spool=str(spool_path))
-    text = report.summary(result)
+    text = summary.render(result)
     assert f"MLflow: {pending} records not sent" in text
     command = shlex.split(text.splitlines()[-1])
     assert command[:4] == ["python", "-m", "gradtune", "sync"]

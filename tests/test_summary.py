@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from gradtune import report
+from gradtune import summary
 from gradtune.outcome import Ledger, Verdict
 from gradtune.spec import SweepSpec
 from gradtune.sweep import SweepResult
@@ -21,7 +21,7 @@ def test_summary_counts_reasons_best_and_ui_command():
     ledger.end("worse", {"norm": "none", "init_scale": 0.5}, {"final": 1, "val_loss": 0.4})
     ledger.judge("boom", Verdict("grad_norm 1e5 is 1e4x the cohort median at step 20", 20))
     ledger.end("boom", {"norm": "none", "init_scale": 4.0}, {"final": 0, "val_loss": math.nan})
-    text = report.summary(sweep_result(ledger))
+    text = summary.render(sweep_result(ledger))
     lines = text.splitlines()
     assert "gradtune sweep 'quickstart': 3 trials in 12s" in lines
     assert "  completed: 2  diverged: 1  pruned: 0  failed: 0" in lines
@@ -36,7 +36,7 @@ def test_summary_without_a_finite_completed_trial_and_many_divergences():
     for i in range(7):
         ledger.end(f"t{i}", {}, {"final": 1, "diverged": 1, "divergence_reason": f"loss is nan ({i})",
                                  "divergence_step": i + 1})
-    text = report.summary(sweep_result(ledger, uri="http://127.0.0.1:5000"))
+    text = summary.render(sweep_result(ledger, uri="http://127.0.0.1:5000"))
     assert text.count("    diverged at step") == 5
     assert "    ... and 2 more (tag gradtune.outcome=diverged)" in text
     assert "  no trial completed with a finite val_loss" in text
@@ -48,7 +48,7 @@ def test_summary_names_records_left_unsent_and_the_sync_command():
     ledger.end("good", {"norm": "layer"}, {"final": 1, "val_loss": 0.15})
     result = sweep_result(ledger, uri="http://127.0.0.1:5000")
     result.runs, result.pending, result.spool = {}, 17, "/tmp/x/my sweep/mlflow-spool.jsonl"
-    lines = report.summary(result).splitlines()
+    lines = summary.render(result).splitlines()
     assert "    MLflow run not created yet (see below)" in lines
     assert lines[-3:] == [
         "  MLflow: 17 records not sent (the server did not answer); they are in",
@@ -62,7 +62,7 @@ def test_summary_lists_failed_trials_with_their_reason():
     ledger.end("good", {"norm": "layer"}, {"final": 1, "val_loss": 0.2})
     ledger.end("bad", {}, {"step": 10}, errored=True, error="ValueError: boom at batch 12", failures=3)
     ledger.end("lost", {}, {"step": 5}, errored=True, error="worker died (ActorDiedError): exit code 2")
-    lines = report.summary(sweep_result(ledger)).splitlines()
+    lines = summary.render(sweep_result(ledger)).splitlines()
     assert "  completed: 1  diverged: 0  pruned: 0  failed: 2" in lines
     assert "    failed: ValueError: boom at batch 12" in lines
     assert "    failed: worker died (ActorDiedError): exit code 2" in lines

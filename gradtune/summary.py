@@ -15,7 +15,7 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def summary(result: SweepResult) -> str:
+def render(result: SweepResult) -> str:
     """Counts per outcome, the best trial's hyperparameters and metrics, the command that
     opens the MLflow UI on the store the sweep wrote (credentials redacted), and, when the
     MLflow server was down at the end, how many records wait in the spool and the command
