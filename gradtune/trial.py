@@ -163,6 +163,7 @@ def train(
     wl = workloads.build(spec.workload.name, spec.workload.options, params, t.seed, device)
     model = wl.model.train()
     weights = [p for p in model.parameters() if p.requires_grad]
+    flat = telemetry.flatten_(weights)  # before the optimizer: its state follows the views
     optimizer = make_optimizer(model, params)
     warmup = params["warmup_steps"] or wl.warmup_steps  # the spec's, else the workload's
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -171,7 +172,7 @@ def train(
     clip = clipping.make(params["clip_method"], params.get("clip_threshold"))
     if monitor is None:
         monitor = signals.Monitor(spec.divergence, reference_loss=wl.reference_loss, budget=t.steps)
-    updates = telemetry.UpdateRatio(weights)
+    updates = telemetry.UpdateRatio(weights, flat=flat)
     amp = Precision(t.precision, device)
     judge = Judge(monitor, amp)
     eval_every = t.eval_every or t.report_every

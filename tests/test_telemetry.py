@@ -9,7 +9,18 @@ import pytest
 import torch
 from torch import nn
 
-from gradtune.telemetry import UpdateRatio
+from gradtune.telemetry import UpdateRatio, flatten_
+
+
+@pytest.fixture(params=["flat", "foreach"])
+def ratio_of(request):
+    """An ``UpdateRatio`` over the given weights, on one flat buffer or tensor by tensor:
+    every test below holds for both."""
+    def make(weights, enabled=True):
+        weights = list(weights)
+        flat = flatten_(weights) if request.param == "flat" else None
+        return UpdateRatio(weights, enabled=enabled, flat=flat)
+    return make
 
 
 def tiny(weight=(3.0, 4.0), bias=0.0):
@@ -32,23 +43,23 @@ def sgd_step(model, ratio, lr=0.1, x=(1.0, 1.0)):
     return ratio.after_step()
 
 
-def test_ratio_is_the_step_norm_over_the_weight_norm():
+def test_ratio_is_the_step_norm_over_the_weight_norm(ratio_of):
     model = tiny()
-    value = sgd_step(model, UpdateRatio(list(model.parameters())), lr=0.1)
+    value = sgd_step(model, ratio_of(list(model.parameters())), lr=0.1)
     # The step is -0.1 * (1, 1, 1); the weights before it were (3, 4, 0).
     assert value.ndim == 0 and value.dtype == torch.float32
     assert value.item() == pytest.approx(0.1 * math.sqrt(3) / 5, rel=1e-6)
 
 
-def test_ratio_covers_only_the_weights_it_was_given():
+def test_ratio_covers_only_the_weights_it_was_given(ratio_of):
     model = tiny(bias=12.0)
-    value = sgd_step(model, UpdateRatio([model.weight]), lr=0.1)
+    value = sgd_step(model, ratio_of([model.weight]), lr=0.1)
     assert value.item() == pytest.approx(0.1 * math.sqrt(2) / 5, rel=1e-6)  # the bias left out
 
 
-def test_each_step_is_measured_from_its_own_starting_weights():
+def test_each_step_is_measured_from_its_own_starting_weights(ratio_of):
     model = tiny()
-    ratio = UpdateRatio([model.weight])
+    ratio = ratio_of([model.weight])
     first = sgd_step(model, ratio, lr=0.1).item()
     second = sgd_step(model, ratio, lr=0.1).item()
     assert first == pytest.approx(0.1 * math.sqrt(2) / 5, rel=1e-6)
@@ -56,50 +67,88 @@ def test_each_step_is_measured_from_its_own_starting_weights():
     assert second == pytest.approx(0.1 * math.sqrt(2) / math.hypot(2.9, 3.9), rel=1e-6)
 
 
-def test_the_copy_is_taken_at_before_step_not_at_construction():
+def test_the_copy_is_taken_at_before_step_not_at_construction(ratio_of):
     model = tiny()
-    ratio = UpdateRatio([model.weight])
+    ratio = ratio_of([model.weight])
     with torch.no_grad():
         model.weight.mul_(2)  # (6, 8) by the time the step starts
     assert sgd_step(model, ratio, lr=0.1).item() == pytest.approx(0.1 * math.sqrt(2) / 10, rel=1e-6)
 
 
-def test_disabled_is_nan_and_keeps_no_copy():
+def test_disabled_is_nan_and_keeps_no_copy(ratio_of):
     model = tiny()
-    ratio = UpdateRatio(list(model.parameters()), enabled=False)
+    ratio = ratio_of(list(model.parameters()), enabled=False)
     assert ratio.before == []
     assert math.isnan(sgd_step(model, ratio).item())
 
 
-def test_no_weights_is_nan():
-    ratio = UpdateRatio([])
+def test_no_weights_is_nan(ratio_of):
+    ratio = ratio_of([])
     assert not ratio.enabled
     ratio.before_step()
     assert math.isnan(ratio.after_step().item())
 
 
-def test_after_step_without_before_step_is_nan():
+def test_after_step_without_before_step_is_nan(ratio_of):
     model = tiny()
-    assert math.isnan(UpdateRatio([model.weight]).after_step().item())
+    assert math.isnan(ratio_of([model.weight]).after_step().item())
 
 
 @pytest.mark.parametrize("bad, check", [(math.nan, math.isnan), (math.inf, math.isinf)])
-def test_a_non_finite_gradient_gives_a_non_finite_ratio(bad, check):
+def test_a_non_finite_gradient_gives_a_non_finite_ratio(bad, check, ratio_of):
     model = tiny()
-    ratio = UpdateRatio([model.weight])
+    ratio = ratio_of([model.weight])
     model.weight.grad = torch.tensor([[bad, 1.0]])
     ratio.before_step()
     torch.optim.SGD([model.weight], lr=0.1).step()
     assert check(ratio.after_step().item())
 
 
-def test_a_non_finite_weight_before_the_step_gives_nan():
+def test_a_non_finite_weight_before_the_step_gives_nan(ratio_of):
     model = tiny(weight=(math.inf, 4.0))
-    assert math.isnan(sgd_step(model, UpdateRatio([model.weight])).item())  # inf - inf
+    assert math.isnan(sgd_step(model, ratio_of([model.weight])).item())  # inf - inf
 
 
-def test_zero_weights_give_inf_or_nan():
+def test_zero_weights_give_inf_or_nan(ratio_of):
     model = tiny(weight=(0.0, 0.0))
-    assert math.isinf(sgd_step(model, UpdateRatio([model.weight])).item())  # a step from zero
+    assert math.isinf(sgd_step(model, ratio_of([model.weight])).item())  # a step from zero
     model = tiny(weight=(0.0, 0.0))
-    assert math.isnan(sgd_step(model, UpdateRatio([model.weight]), x=(0.0, 0.0)).item())  # 0 / 0
+    assert math.isnan(sgd_step(model, ratio_of([model.weight]), x=(0.0, 0.0)).item())  # 0 / 0
+
+
+def test_flatten_keeps_the_values_and_makes_the_weights_views_of_one_buffer():
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    before = [p.detach().clone() for p in model.parameters()]
+    flat = flatten_(list(model.parameters()))
+    assert flat is not None and flat.numel() == sum(p.numel() for p in before)
+    for p, old in zip(model.parameters(), before):
+        assert torch.equal(p, old) and p.data_ptr() >= flat.data_ptr()
+    with torch.no_grad():
+        flat.zero_()
+    assert all(not p.any() for p in model.parameters())  # views, not copies
+
+
+def test_flatten_refuses_mixed_dtypes_and_changes_nothing():
+    a, b = nn.Parameter(torch.ones(2)), nn.Parameter(torch.ones(2, dtype=torch.float64))
+    pointers = (a.data_ptr(), b.data_ptr())
+    assert flatten_([a, b]) is None and flatten_([]) is None
+    assert (a.data_ptr(), b.data_ptr()) == pointers
+
+
+def test_a_flat_model_trains_exactly_as_the_original():
+    def losses(flat):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1))
+        if flat:
+            flatten_(list(model.parameters()))
+        opt = torch.optim.Adam(model.parameters(), lr=0.01)
+        x, y = torch.randn(32, 8), torch.randn(32, 1)
+        out = []
+        for _ in range(5):
+            opt.zero_grad()
+            loss = ((model(x) - y) ** 2).mean()
+            loss.backward()
+            opt.step()
+            out.append(loss.item())
+        return out
+    assert losses(flat=True) == losses(flat=False)
