@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO, TypeVar
 
 from gradtune import address as cluster
-from gradtune import checkpoint, credentials, searcher, tracking, trial
+from gradtune import credentials, healthy, searcher, tracking
 from gradtune import scheduler as sched
 from gradtune.errors import GradtuneError
 from gradtune.interrupt import Interrupt
@@ -20,6 +20,7 @@ from gradtune.outcome import Ledger, TrialRecord
 from gradtune.progress import Progress
 from gradtune.spec import SweepSpec
 from gradtune.spool import SPOOL_NAME
+from gradtune.trainable import trainable as trainable_fn
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -131,7 +132,7 @@ def _execute(spec: SweepSpec, path: str, parent_id: str | None, address: str | N
         own_search, num_trials = searcher.make(shown, ledger)
         search = own_search if search is None else search
         trainable = tune.with_resources(
-            tune.with_parameters(trial.trainable, spec_data=shown.model_dump(mode="json")),
+            tune.with_parameters(trainable_fn, spec_data=shown.model_dump(mode="json")),
             {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
         )
         callbacks: list[Any] = [tracker]
@@ -156,7 +157,7 @@ def _execute(spec: SweepSpec, path: str, parent_id: str | None, address: str | N
                     callbacks=callbacks,
                     # A trial that raises or loses its worker is retried from its last checkpoint.
                     failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=checkpoint.keep(
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=healthy.keep(
                         spec.training.checkpoint_every, spec.divergence.window)),
                     verbose=verbose,
                 ),

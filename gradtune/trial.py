@@ -2,7 +2,8 @@
 
 One flat loop, nanoGPT-style: batch, forward, backward, gradient telemetry and clipping,
 optimizer step, divergence check, and every ``report_every`` steps a report. The loop takes
-a ``report`` callable, so tests drive it without Ray; :func:`trainable` is the Ray Tune entry.
+a ``report`` callable, so tests and benchmarks drive it without Ray; the Ray Tune entry is
+:func:`gradtune.trainable.trainable`.
 
 Reported metrics (every report): ``step``, ``train_loss`` (mean over the window),
 ``grad_norm`` (global L2 norm before clipping, last step of the window), ``grad_norm_max``
@@ -29,13 +30,12 @@ from __future__ import annotations
 
 import logging
 import math
-import tempfile
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import torch
 
-from gradtune import checkpoint, clipping, outcome, signals, telemetry, workloads
+from gradtune import checkpoint, clipping, healthy, outcome, signals, telemetry, workloads
 from gradtune.outcome import Verdict
 from gradtune.params import OPTIMIZERS, trial_params
 from gradtune.precision import Precision
@@ -180,7 +180,7 @@ def train(
     window = Window()
     metrics: dict[str, Any] = {}
     data = checkpoint.Position(wl.train_batches)
-    marks = checkpoint.Marks(spec.divergence.window)
+    marks = healthy.Marks(spec.divergence.window)
     every = t.checkpoint_every if save is not None else None
     # Everything that a checkpoint saves; a restore puts it back and the loop goes on.
     state = {"model": model, "optimizer": optimizer, "schedule": schedule, "scaler": amp.scaler,
@@ -242,32 +242,3 @@ def train(
             log.info("trial diverged at step %d: %s", verdict.step, verdict.reason)
             break
     return metrics
-
-
-def trainable(config: dict[str, Any], spec_data: dict[str, Any]) -> None:
-    """The Ray Tune function trainable: ``tune.with_parameters(trainable, spec_data=...)``."""
-    import ray
-    from ray import tune
-
-    spec = SweepSpec.model_validate(spec_data)
-    torch.set_num_threads(max(1, int(spec.resources.cpu)))
-    node_id = ray.get_runtime_context().get_node_id()
-
-    def report(metrics: dict[str, Any]) -> None:
-        tune.report({**metrics, outcome.NODE_ID: node_id})
-
-    def save(metrics: dict[str, Any], state: dict[str, Any]) -> None:
-        # Written on local disk first; Tune copies it into the sweep's storage before
-        # report returns, and keeps the last few (CheckpointConfig in sweep.run).
-        with tempfile.TemporaryDirectory(prefix="gradtune-checkpoint-") as directory:
-            checkpoint.save(state, directory)
-            found = tune.Checkpoint.from_directory(directory)
-            found.set_metadata({"step": state["step"], "healthy_step": state["healthy_step"]})
-            tune.report({**metrics, outcome.NODE_ID: node_id}, checkpoint=found)
-
-    resume = None
-    latest = tune.get_checkpoint()  # a retry: the last checkpoint the trial reported
-    if latest is not None:
-        with latest.as_directory() as directory:
-            resume = checkpoint.load(directory)
-    train(spec, config, report, save=save, resume=resume)

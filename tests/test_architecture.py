@@ -9,12 +9,13 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "gradtune"
 
 FLOORS = [
-    {"errors", "outcome", "interrupt", "spool"},
+    {"errors", "outcome", "interrupt", "spool", "healthy"},
     {"params", "credentials", "address"},
     {"spec", "attention"},
     {"signals", "search_space", "workloads", "clipping", "telemetry", "precision", "feasibility",
      "writer", "checkpoint", "failure"},
     {"trial", "searcher", "scheduler", "tracking"},
+    {"trainable"},
     {"progress"},
     {"sweep"},
     {"summary"},
@@ -52,3 +53,13 @@ def test_imports_only_go_down():
             continue
         for dep in _runtime_imports(ast.parse(path.read_text())) - {module}:
             assert FLOOR[dep] < FLOOR[module], f"{path.relative_to(PACKAGE)} imports {dep} from floor {FLOOR[dep]}"
+
+
+def test_the_driver_does_not_import_torch():
+    """torch costs seconds at every sweep's start; only the workers that train need it."""
+    import subprocess
+    import sys
+
+    code = "import sys, gradtune.cli, gradtune.sweep, gradtune.summary; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -1,0 +1,47 @@
+"""The Ray Tune entry of a trial: Tune's reports and checkpoints around
+:func:`gradtune.trial.train`.
+
+The driver only names :func:`trainable` (Tune pickles it by reference); torch and the
+training loop are imported inside it, on the worker that runs the trial, so the driver
+never pays for importing torch (seconds at every sweep's start).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from typing import Any
+
+
+def trainable(config: dict[str, Any], spec_data: dict[str, Any]) -> None:
+    """The Ray Tune function trainable: ``tune.with_parameters(trainable, spec_data=...)``.
+    Reports carry ``node_id``; every ``training.checkpoint_every`` steps a report carries
+    a checkpoint; a retried trial goes on from the last checkpoint it reported."""
+    import ray
+    import torch
+    from ray import tune
+
+    from gradtune import checkpoint, outcome, trial
+    from gradtune.spec import SweepSpec
+
+    spec = SweepSpec.model_validate(spec_data)
+    torch.set_num_threads(max(1, int(spec.resources.cpu)))
+    node_id = ray.get_runtime_context().get_node_id()
+
+    def report(metrics: dict[str, Any]) -> None:
+        tune.report({**metrics, outcome.NODE_ID: node_id})
+
+    def save(metrics: dict[str, Any], state: dict[str, Any]) -> None:
+        # Written on local disk first; Tune copies it into the sweep's storage before
+        # report returns, and keeps the last few (CheckpointConfig in sweep.run).
+        with tempfile.TemporaryDirectory(prefix="gradtune-checkpoint-") as directory:
+            checkpoint.save(state, directory)
+            found = tune.Checkpoint.from_directory(directory)
+            found.set_metadata({"step": state["step"], "healthy_step": state["healthy_step"]})
+            tune.report({**metrics, outcome.NODE_ID: node_id}, checkpoint=found)
+
+    resume = None
+    latest = tune.get_checkpoint()  # a retry: the last checkpoint the trial reported
+    if latest is not None:
+        with latest.as_directory() as directory:
+            resume = checkpoint.load(directory)
+    trial.train(spec, config, report, save=save, resume=resume)
