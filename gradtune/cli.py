@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +20,7 @@ from gradtune.errors import GradtuneError
 from gradtune.interrupt import Interrupted
 
 log = logging.getLogger(__name__)
+STARTED = time.monotonic()  # about when the command started: imported first by __main__
 
 
 class _Parser(argparse.ArgumentParser):
@@ -90,7 +92,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"gradtune: stopped at once by {signal.Signals(exc.signum).name}; "
               "runs in flight are marked KILLED", file=sys.stderr)
         return 128 + exc.signum
-    print(summary.render(result))
+    print(summary.render(result, wall=time.monotonic() - STARTED))
     return 0 if result.interrupted is None else 128 + result.interrupted
 
 

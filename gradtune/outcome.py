@@ -46,6 +46,9 @@ OUTCOMES: tuple[str, ...] = tuple(o.value for o in Outcome)
 # ``gradtune sweep --resume`` continues it, and it then ends with its outcome.
 INTERRUPTED = "interrupted"
 
+# Tune's own key in every result: the trial's training time so far, in seconds.
+SECONDS = "time_total_s"
+
 # Keys of a trial's report that describe the report rather than measure training.
 STEP = "step"  # the training step the report is for
 FINAL = "final"  # 1 on the last report of a trial that ran its whole budget (or stopped on a verdict)
@@ -71,7 +74,8 @@ SIGNALS: tuple[str, ...] = (ATTN_LOGIT_MAX, ATTN_ENTROPY_MIN)
 # Reported numbers that are not per-step metrics (``diverged`` is: a 0/1 curve).
 NOT_METRICS = frozenset({STEP, FINAL, DIVERGENCE_STEP, NODE_ID, HEALTHY_STEP, "trial_id", "done"})
 # What a trial's record keeps of its last result.
-RECORDED: tuple[str, ...] = (STEP, *METRICS, *SIGNALS, DIVERGED, REASON, DIVERGENCE_STEP, FINAL, NODE_ID)
+RECORDED: tuple[str, ...] = (STEP, *METRICS, *SIGNALS, DIVERGED, REASON, DIVERGENCE_STEP, FINAL, NODE_ID,
+                             SECONDS)
 
 
 @dataclass(frozen=True)
@@ -211,6 +215,10 @@ class Ledger:
         for record in self.records.values():
             counts[record.outcome.value] += 1
         return counts
+
+    def compute_seconds(self) -> float:
+        """The ended trials' training time (:data:`SECONDS` of their last results), summed."""
+        return sum(finite(r.result.get(SECONDS)) or 0.0 for r in self.records.values())
 
     def best(self, metric: str, mode: str) -> TrialRecord | None:
         """The completed trial with the best finite ``metric`` (``mode`` min or max)."""

@@ -15,8 +15,20 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def render(result: SweepResult) -> str:
-    """Counts per outcome, the best trial's hyperparameters and metrics, the command that
+def _against_ideal(result: SweepResult, wall: float | None) -> str:
+    """``; 1.12x the ideal 53s (trials' compute 106s over 2 workers)``: how close the
+    sweep came to its floor (:meth:`SweepResult.ideal_seconds`)."""
+    ideal = result.ideal_seconds()
+    if ideal <= 0:
+        return ""
+    compute = result.ledger.compute_seconds()
+    return (f"; {(wall or result.seconds) / ideal:.2f}x the ideal {ideal:.0f}s "
+            f"(trials' compute {compute:.0f}s over {result.workers} workers)")
+
+
+def render(result: SweepResult, wall: float | None = None) -> str:
+    """How long it took (``wall``: since the command started, else the sweep alone) against
+    the ideal, counts per outcome, the best trial's hyperparameters and metrics, the command that
     opens the MLflow UI on the store the sweep wrote (credentials redacted), and, when the
     MLflow server was down at the end, how many records wait in the spool and the command
     that sends them."""
@@ -25,7 +37,8 @@ def render(result: SweepResult) -> str:
     trials = result.trials
     lines = [
         "",
-        f"gradtune sweep '{spec.name}': {len(trials)} trials in {result.seconds:.0f}s",
+        f"gradtune sweep '{spec.name}': {len(trials)} trials in {wall or result.seconds:.0f}s"
+        + _against_ideal(result, wall),
         "  " + "  ".join(f"{name}: {n}" for name, n in counts.items()),
     ]
     diverged = [t.verdict for t in trials if t.outcome is Outcome.DIVERGED and t.verdict]

@@ -8,6 +8,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, TextIO, TypeVar
 
@@ -43,6 +44,7 @@ class SweepResult:
     interrupted: int | None = None  # the signal that stopped the sweep early, if one did
     pending: int = 0  # MLflow records not sent when the sweep ended: they are in ``spool``
     spool: str | None = None
+    workers: int = 1  # trials that could run at once (concurrency limit, cluster CPUs/GPUs)
 
     @property
     def trials(self) -> list[TrialRecord]:
@@ -55,6 +57,11 @@ class SweepResult:
     def best(self) -> TrialRecord | None:
         """The completed trial with the best finite objective, or ``None``."""
         return self.ledger.best(self.spec.search.metric, self.spec.search.mode)
+
+    def ideal_seconds(self) -> float:
+        """The sweep's floor: its trials' own compute (Tune's ``time_total_s``) spread
+        over ``workers``, as if nothing else took time."""
+        return self.ledger.compute_seconds() / max(self.workers, 1)
 
 
 def run(spec: SweepSpec, address: str | None = None, search: Any = None, verbose: int = 1,
@@ -71,11 +78,12 @@ def run(spec: SweepSpec, address: str | None = None, search: Any = None, verbose
     Ctrl-C or SIGTERM stops the sweep (see :class:`Interrupt`); the result then says so
     (``interrupted``), and :func:`resume` continues it.
 
-    Order: a cluster's GCS port is probed, the tracking store reached (nothing created in
-    it), Ray connected and its resources checked, and only then is the parent run created;
-    so a dead cluster or a missing GPU leaves no run behind. Credentials in the tracking
-    URI stay with the driver's MLflow client: everything else (Tune's state, the workers,
-    MLflow's params and artifacts, the manifest) gets the spec with the URI redacted."""
+    Order: a cluster's GCS port is probed; the tracking store is reached (nothing created in
+    it) while Ray starts or connects; Ray's resources are checked; only then is the parent
+    run created, so a dead cluster, a bad store or a missing GPU leaves no run behind.
+    Credentials in the tracking URI stay with the driver's MLflow client: everything else
+    (Tune's state, the workers, MLflow's params and artifacts, the manifest) gets the spec
+    with the URI redacted."""
     name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     path = os.path.join(_storage(spec.storage) or os.path.expanduser("~/ray_results"), name)
     return _execute(spec, path, None, address, search, verbose, progress)
@@ -109,24 +117,31 @@ def _execute(spec: SweepSpec, path: str, parent_id: str | None, address: str | N
     ``parent_id`` the resumption of the sweep there."""
     import ray
     from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     started = time.monotonic()
     uri, shown = _tracking_target(spec)
     own_ray = not ray.is_initialized()
     remote = own_ray and cluster.probe(address)  # a dead cluster: one line, before all else
-    _tracking_step(uri, lambda: tracking.check_store(uri))
+    # The tracking store is reached while Ray starts: a new SQLite store's tables take
+    # seconds to create, as does a local Ray. Nothing is created in the store before both
+    # are up, so a failure of either leaves no run behind.
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gradtune-store")
+    store = pool.submit(_tracking_step, uri, lambda: tracking.check_store(uri))
+    pool.shutdown(wait=False)
     spool = _spool(os.path.dirname(path), os.path.basename(path))
     ledger = Ledger()  # what happened to each trial: the scheduler writes, the others read
     tracker = tracking.MLflowTracking(shown, uri, spec.experiment, ledger, spool=spool)
     interrupt = Interrupt()
     interrupt.install()
     try:
-        parent = _connect(spec, address, remote, own_ray, tracker, parent_id)
+        parent = _connect(spec, address, remote, own_ray, tracker, parent_id, store)
     except BaseException:
         interrupt.uninstall()
         raise
     interrupt.install()  # again: ray.init replaced the SIGTERM handler
     status, pending = "FAILED", 0
+    workers = _workers(spec, ray.cluster_resources())  # type: ignore[no-untyped-call]
     try:
         scheduler = sched.DivergenceScheduler(shown, ledger=ledger)
         own_search, num_trials = searcher.make(shown, ledger)
@@ -135,7 +150,11 @@ def _execute(spec: SweepSpec, path: str, parent_id: str | None, address: str | N
             tune.with_parameters(trainable_fn, spec_data=shown.model_dump(mode="json")),
             {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
         )
-        callbacks: list[Any] = [tracker]
+        # Tune's own result.json and progress.csv per trial, but not its TensorBoard
+        # logger: it imports torch (through tensorboardX) into the driver, seconds at every
+        # start, for event files that duplicate what MLflow holds.
+        os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+        callbacks: list[Any] = [tracker, JsonLoggerCallback(), CSVLoggerCallback()]  # type: ignore[no-untyped-call]
         if progress is not None:
             callbacks.append(Progress(shown, ledger, num_trials, progress))
         if parent_id is None:
@@ -180,7 +199,7 @@ def _execute(spec: SweepSpec, path: str, parent_id: str | None, address: str | N
         spec=spec, tracking_uri=uri, experiment=spec.experiment, parent_run_id=parent,
         storage=path, ledger=ledger, runs=tracker.run_ids(),
         seconds=time.monotonic() - started, interrupted=interrupt.signum,
-        pending=pending, spool=spool if pending else None,
+        pending=pending, spool=spool if pending else None, workers=workers,
     )
 
 
@@ -222,19 +241,22 @@ def _tracking_target(spec: SweepSpec) -> tuple[str, SweepSpec]:
 
 
 def _connect(spec: SweepSpec, address: str | None, remote: bool, own_ray: bool,
-             tracker: tracking.MLflowTracking, parent_id: str | None) -> str:
-    """Ray (started or joined when ``own_ray``), its resources, then the parent run (a new
-    one, or ``parent_id`` reopened): its id. A Ray started here is shut down again if any
-    of it fails."""
+             tracker: tracking.MLflowTracking, parent_id: str | None, store: Future[None]) -> str:
+    """Ray (started or joined when ``own_ray``), its resources, the tracking store (the
+    check ``store`` runs meanwhile), then the parent run (a new one, or ``parent_id``
+    reopened): its id. A Ray started here is shut down again if any of it fails; the
+    store check is waited for either way (it may be creating a SQLite store's tables)."""
     import ray
 
     try:
         if own_ray:
             _init_ray(address, remote)
         _check_resources(spec, ray.nodes())
+        store.result()  # its one-line error, if the store could not be reached
         start = tracker.start if parent_id is None else lambda: tracker.reopen(parent_id)
         return _tracking_step(tracker.tracking_uri, start)
     except BaseException:
+        wait([store])
         if own_ray and ray.is_initialized():
             ray.shutdown()
         raise
@@ -352,6 +374,16 @@ def _without_env(names: tuple[str, ...]) -> Iterator[None]:
         yield
     finally:
         os.environ.update(saved)
+
+
+def _workers(spec: SweepSpec, cluster: dict[str, float]) -> int:
+    """How many trials can run at once: the concurrency limit, and what the cluster's
+    CPUs (and GPUs, when trials ask for them) hold."""
+    limits = [spec.search.max_concurrent]
+    for name, need in (("CPU", spec.resources.cpu), ("GPU", spec.resources.gpu)):
+        if need > 0:
+            limits.append(int(cluster.get(name, 0.0) // need))
+    return max(1, min(limits))
 
 
 def _check_resources(spec: SweepSpec, nodes: list[dict[str, Any]]) -> None:

@@ -46,13 +46,15 @@ def test_the_ledger_ends_each_trial_once_and_keeps_the_first_verdict():
         ledger.number(tid)
     ledger.judge("a", Verdict("cohort outlier", 20))
     ledger.judge("a", Verdict("later", 30))
-    first = ledger.end("a", {"lr": 0.1}, {"step": 20, "final": 0, "val_loss": math.nan, "time_total_s": 3})
+    first = ledger.end("a", {"lr": 0.1}, {"step": 20, "final": 0, "val_loss": math.nan, "time_total_s": 3,
+                                            "pid": 77})
     again = ledger.end("a", {"lr": 0.2}, {"step": 40, "final": 1}, errored=True)
     assert again is first
     assert first.outcome is Outcome.DIVERGED and first.verdict == Verdict("cohort outlier", 20)
     assert first.number == 1  # seen second
-    assert "time_total_s" not in first.result and math.isnan(first.result["val_loss"])
-    assert ledger.end("b", {}, {"step": 40, "final": 1}).outcome is Outcome.COMPLETED
+    assert "pid" not in first.result and math.isnan(first.result["val_loss"])
+    assert ledger.end("b", {}, {"step": 40, "final": 1, "time_total_s": 4.5}).outcome is Outcome.COMPLETED
+    assert ledger.compute_seconds() == 7.5  # Tune's training time of each, summed
     assert ledger.counts() == {"completed": 1, "diverged": 1, "pruned": 0, "failed": 0}
     assert [r.trial_id for r in ledger.ordered()] == ["b", "a"]
     clone = pickle.loads(pickle.dumps(ledger))  # Tune checkpoints what holds it

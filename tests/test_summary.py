@@ -66,3 +66,16 @@ def test_summary_lists_failed_trials_with_their_reason():
     assert "  completed: 1  diverged: 0  pruned: 0  failed: 2" in lines
     assert "    failed: ValueError: boom at batch 12" in lines
     assert "    failed: worker died (ActorDiedError): exit code 2" in lines
+
+
+def test_summary_states_the_wall_time_against_the_ideal():
+    ledger = Ledger()
+    for trial_id, seconds in (("a", 30.0), ("b", 50.0), ("c", math.nan)):
+        ledger.end(trial_id, {}, {"final": 1, "time_total_s": seconds})
+    result = sweep_result(ledger)
+    result.workers = 2
+    assert result.ideal_seconds() == 40.0  # (30 + 50) / 2; a NaN time counts nothing
+    first = summary.render(result, wall=46.0).splitlines()[1]
+    assert first == ("gradtune sweep 'quickstart': 3 trials in 46s; 1.15x the ideal 40s "
+                     "(trials' compute 80s over 2 workers)")
+    assert summary.render(sweep_result(Ledger())).splitlines()[1] == "gradtune sweep 'quickstart': 0 trials in 12s"
