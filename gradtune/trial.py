@@ -20,7 +20,8 @@ of the uninterrupted trial.
 
 NaN and inf: the monitor sees every step's loss and gradient norm. On a verdict (always on a
 non-finite value) the trial evaluates once, reports at once with ``diverged=1``,
-``divergence_reason`` and ``divergence_step``, and returns: no compute after the verdict.
+``divergence_reason``, ``divergence_step`` and its last steps' loss, gradient norm and
+update ratio (``outcome.WINDOW``, from a ring buffer of floats already on the host), and returns: no compute after the verdict.
 No checkpoint is taken at a step with a non-finite loss or gradient norm (an fp16 overflow
 step) nor with a verdict.
 """
@@ -30,6 +31,7 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -178,6 +180,9 @@ def train(
     val: dict[str, float] = {}
     window = Window()
     metrics: dict[str, Any] = {}
+    # The last steps' numbers, already on the host for the rules: a diverged trial's report
+    # carries them (outcome.WINDOW). Not checkpointed: a resumed trial starts it afresh.
+    last = deque[list[float]](maxlen=last_steps(spec))
     data = checkpoint.Position(wl.train_batches)
     marks = checkpoint.Marks(spec.divergence.window)
     every = t.checkpoint_every if save is not None else None
@@ -211,6 +216,7 @@ def train(
         ).tolist()
         signals_v = dict(zip(extra, extra_v))
         window.add(loss_v, norm_v, bool(clipped_v))
+        last.append([step, loss_v, norm_v, ratio_v])
         verdict = judge(step, loss_v, norm_v, ratio_v, signals_v)
         done = verdict is not None or step == t.steps
         if done or step % eval_every == 0:
@@ -230,6 +236,7 @@ def train(
             }
             if verdict is not None:
                 metrics.update(verdict.keys())
+                metrics[outcome.WINDOW] = list(last)
             window.reset()
             finite = math.isfinite(loss_v) and math.isfinite(norm_v)
             if save is not None and every and step % every == 0 and finite and not done:
@@ -241,6 +248,13 @@ def train(
             log.info("trial diverged at step %d: %s", verdict.step, verdict.reason)
             break
     return metrics
+
+
+def last_steps(spec: SweepSpec) -> int:
+    """How many steps a verdict's report carries (:data:`outcome.WINDOW`): the report
+    interval or the divergence rules' window, whichever is larger, at most
+    :data:`outcome.MAX_WINDOW`."""
+    return min(outcome.MAX_WINDOW, max(spec.training.report_every, spec.divergence.window))
 
 
 def trainable(config: dict[str, Any], spec_data: dict[str, Any]) -> None:
