@@ -21,7 +21,8 @@ of the uninterrupted trial.
 NaN and inf: the monitor sees every step's loss and gradient norm. On a verdict (always on a
 non-finite value) the trial evaluates once, reports at once with ``diverged=1``,
 ``divergence_reason``, ``divergence_step`` and its last steps' loss, gradient norm and
-update ratio (``outcome.WINDOW``, from a ring buffer of floats already on the host), and returns: no compute after the verdict.
+update ratio (``outcome.WINDOW``, from a ring buffer of floats already on the host), and
+returns: no compute after the verdict.
 No checkpoint is taken at a step with a non-finite loss or gradient norm (an fp16 overflow
 step) nor with a verdict.
 """
