@@ -42,6 +42,7 @@ class SweepResult:
     interrupted: int | None = None  # the signal that stopped the sweep early, if one did
     pending: int = 0  # MLflow records not sent when the sweep ended: they are in ``spool``
     spool: str | None = None
+    experiment_id: str | None = None  # the MLflow experiment's id, for links into the UI
 
     @property
     def trials(self) -> list[TrialRecord]:
@@ -179,7 +180,7 @@ def _execute(spec: SweepSpec, path: str, parent_id: str | None, address: str | N
         spec=spec, tracking_uri=uri, experiment=spec.experiment, parent_run_id=parent,
         storage=path, ledger=ledger, runs=tracker.run_ids(),
         seconds=time.monotonic() - started, interrupted=interrupt.signum,
-        pending=pending, spool=spool if pending else None,
+        pending=pending, spool=spool if pending else None, experiment_id=tracker.experiment_id,
     )
 
 
