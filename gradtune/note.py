@@ -24,6 +24,7 @@ NOTE_TAG = "mlflow.note.content"  # what the UI shows as the run's description
 # An experiment tag MLflow 2.x-3.x UIs read to pick the experiment's kind (GenAI or ML).
 KIND_TAG, KIND_ML = "mlflow.experimentKind", "custom_model_development"
 LOCAL_UI = "http://127.0.0.1:5000"  # where `gradtune ui` serves a local store
+MAX_NOTE = 7900  # characters: MLflow refuses a tag value over 8000
 BEST = ("val_loss", "val_accuracy", "train_loss")  # logged on the parent as best_<name>
 NUMBER = re.compile(r"(?<![\w.])[-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?", re.IGNORECASE)
 
@@ -96,7 +97,8 @@ def render(ledger: Ledger, name: str, metric: str, mode: str, knobs: Sequence[st
            runs: Mapping[str, str], experiment_id: str | None) -> str:
     """The parent run's note (markdown): counts per outcome, the best trial (a link to its
     run by ``runs[trial_id]``, its knobs and metrics), the divergence reasons (kind ->
-    trials, earliest step) and the stable region over the searched ``knobs``."""
+    trials, earliest step) and the stable region over the searched ``knobs``. Cut at
+    :data:`MAX_NOTE` characters (ending in ``...``) so that MLflow takes it."""
     counts = ledger.counts()
     total = sum(counts.values())
     lines = [f"**gradtune sweep `{name}`**: {total} trials — "
@@ -123,4 +125,5 @@ def render(ledger: Ledger, name: str, metric: str, mode: str, knobs: Sequence[st
     if region:
         lines += ["", "### Stable region", "| knob | completed | diverged |", "| --- | --- | --- |"]
         lines += [f"| {_cell(k)} | {_cell(c)} | {_cell(d)} |" for k, c, d in region]
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    return text if len(text) <= MAX_NOTE else text[: MAX_NOTE - 4] + "\n..."

@@ -50,6 +50,15 @@ def test_the_note_without_a_best_trial_or_a_run_id():
     assert "trial 1: val_loss = 0.3" in note.render(book, "s", "val_loss", "min", [], {}, "1")
 
 
+def test_a_long_note_is_cut_to_what_mlflow_takes():
+    book = Ledger()
+    for i in range(300):
+        book.judge(f"t{i}", Verdict(f"rule number {chr(65 + i % 26)}{i:x} fired", i))
+        book.end(f"t{i}", {"norm": "none"}, {"final": 1})
+    text = note.render(book, "s", "val_loss", "min", ["norm"], {}, "1")
+    assert len(text) == note.MAX_NOTE and text.endswith("\n...")
+
+
 @pytest.mark.parametrize(("reason", "kind"), [
     ("grad_norm 1e5 is 1e4x the cohort median at step 20", "grad_norm # is #x the cohort median at step #"),
     ("fp16 gradients overflowed 20 steps in a row", "fp16 gradients overflowed # steps in a row"),
