@@ -113,15 +113,33 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_ui(args: argparse.Namespace) -> int:
+def ui_lines(uri: str, host: str, port: int, experiment: str | None) -> list[str]:
+    """What ``gradtune ui`` prints: where the UI is and, given ``experiment`` (a name in
+    the store at ``uri``), the link that opens its runs table in model-training mode."""
     from gradtune.credentials import redact
+    from gradtune.note import ui_link
+
+    base = f"http://{host}:{port}"
+    lines = [f"MLflow UI for {redact(uri)} at {base}"]
+    if experiment is not None:
+        from mlflow.tracking import MlflowClient
+
+        found = MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment)
+        if found is None:
+            raise GradtuneError(f"--experiment {experiment}: no such experiment in {redact(uri)}")
+        lines.append(f"  runs of '{experiment}': {ui_link(uri, found.experiment_id, base=base)}")
+    return lines
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
     from gradtune.tracking import resolve_uri
 
     uri = resolve_uri(args.tracking_uri)
+    lines = ui_lines(uri, args.host, args.port, args.experiment)
     # Through the environment (mlflow reads it), so a database password stays out of `ps`.
     os.environ["MLFLOW_BACKEND_STORE_URI"] = uri
     command = [sys.executable, "-m", "mlflow", "ui", "--host", args.host, "--port", str(args.port)]
-    print(f"MLflow UI for {redact(uri)} at http://{args.host}:{args.port}", flush=True)
+    print("\n".join(lines), flush=True)
     os.execv(sys.executable, command)
     return 0  # not reached
 
@@ -195,6 +213,7 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--tracking-uri", default=spec_mod.TrackingSpec().uri)
     u.add_argument("--host", default="127.0.0.1")
     u.add_argument("--port", type=int, default=5000)
+    u.add_argument("--experiment", metavar="NAME", help="print the link to this experiment's runs table")
     u.set_defaults(func=cmd_ui)
 
     y = sub.add_parser("sync", help="send MLflow records a sweep spooled while the server was down")

@@ -60,6 +60,13 @@ NODE_ID = "node_id"  # the Ray node the trial ran on (added by the trainable)
 # divergence rules' window before this report), 0 while there is none; what a rescue would
 # roll back to.
 HEALTHY_STEP = "healthy_checkpoint_step"
+# On a verdict, the trial's last steps before it: a list of ``[step, train_loss, grad_norm,
+# update_ratio]`` (one per step, oldest first, NaN and inf as measured), so a diverged run
+# shows its blow-up and not only the 1-2 reports it made. A list, not a dict: Tune would
+# flatten a dict into keys of its own.
+WINDOW = "last_steps"
+WINDOW_METRICS: tuple[str, ...] = ("train_loss", "grad_norm", "update_ratio")
+MAX_WINDOW = 200  # steps kept at most
 
 # The metrics a trial reports (README "What each trial reports"); NaN and inf as measured.
 METRICS: tuple[str, ...] = (
@@ -72,7 +79,7 @@ ATTN_LOGIT_MAX = "attn_logit_max"  # largest pre-softmax attention logit of the 
 ATTN_ENTROPY_MIN = "attn_entropy_min"  # smallest per-head mean attention entropy (nats)
 SIGNALS: tuple[str, ...] = (ATTN_LOGIT_MAX, ATTN_ENTROPY_MIN)
 # Reported numbers that are not per-step metrics (``diverged`` is: a 0/1 curve).
-NOT_METRICS = frozenset({STEP, FINAL, DIVERGENCE_STEP, NODE_ID, HEALTHY_STEP, "trial_id", "done"})
+NOT_METRICS = frozenset({STEP, FINAL, DIVERGENCE_STEP, NODE_ID, HEALTHY_STEP, WINDOW, "trial_id", "done"})
 # What a trial's record keeps of its last result.
 RECORDED: tuple[str, ...] = (STEP, *METRICS, *SIGNALS, DIVERGED, REASON, DIVERGENCE_STEP, FINAL, NODE_ID,
                              SECONDS)

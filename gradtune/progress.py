@@ -1,12 +1,13 @@
 """Terminal progress a person can follow: one line per finished trial (its number, outcome,
-knobs, and objective or divergence reason), counted against the sweep's total. Ray Tune's
-own table is for ``-v``.
+knobs, and objective or divergence reason), counted against the sweep's total, ending with
+the outcomes so far (``| 10 completed, 2 diverged``). Ray Tune's own table is for ``-v``.
 
 NaN and inf: an objective that is not finite is printed as it is (``nan``, ``inf``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, TextIO
 
 from ray.tune import Callback
@@ -17,18 +18,22 @@ from gradtune.spec import SweepSpec
 from gradtune.tracking import run_name
 
 
-def line(record: TrialRecord, done: int, total: int, metric: str) -> str:
-    """``[ 3/24] diverged   norm=none clip=none init=3.2 bs=64  at step 20: loss is nan``."""
+def line(record: TrialRecord, done: int, total: int, metric: str,
+         counts: Mapping[str, int] | None = None) -> str:
+    """``[ 3/24] diverged   norm=none clip=none init=3.2 bs=64  at step 20: loss is nan``,
+    then ``  | 2 completed, 1 diverged``: the non-zero ``counts`` (outcome -> trials so far)."""
     width = len(str(total))
     head = f"[{done:{width}d}/{total}] {record.outcome.value:<9s}  {run_name(record.params)}"
     if record.verdict is not None:
-        return f"{head}  at step {record.verdict.step}: {record.verdict.reason}"
-    value = record.result.get(metric)
-    shown = f"{value:.4g}" if isinstance(value, (int, float)) else "-"
-    tail = f"  {metric}={shown}"
-    if record.outcome is Outcome.PRUNED:
-        tail += f" at step {record.result.get('step', '?')}"
-    return head + tail
+        tail = f"  at step {record.verdict.step}: {record.verdict.reason}"
+    else:
+        value = record.result.get(metric)
+        shown = f"{value:.4g}" if isinstance(value, (int, float)) else "-"
+        tail = f"  {metric}={shown}"
+        if record.outcome is Outcome.PRUNED:
+            tail += f" at step {record.result.get('step', '?')}"
+    so_far = ", ".join(f"{n} {o}" for o, n in (counts or {}).items() if n)
+    return head + tail + (f"  | {so_far}" if so_far else "")
 
 
 class Progress(Callback):
@@ -55,7 +60,8 @@ class Progress(Callback):
         record = self.ledger.end(trial.trial_id, trial_params(self.spec, trial.config),
                                  trial.last_result, errored)
         done = len(self.ledger.records)
-        self.stream.write(line(record, done, self.total, self.spec.search.metric) + "\n")
+        counts = self.ledger.counts()
+        self.stream.write(line(record, done, self.total, self.spec.search.metric, counts) + "\n")
         self.stream.flush()
 
     def __getstate__(self) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import signal
 from typing import Any
 
 from gradtune.credentials import redact
+from gradtune.note import ui_link
 from gradtune.outcome import Outcome
 from gradtune.sweep import SweepResult
 
@@ -28,8 +29,10 @@ def _against_ideal(result: SweepResult, wall: float | None) -> str:
 
 def render(result: SweepResult, wall: float | None = None) -> str:
     """How long it took (``wall``: since the command started, else the sweep alone) against
-    the ideal, counts per outcome, the best trial's hyperparameters and metrics, the command that
-    opens the MLflow UI on the store the sweep wrote (credentials redacted), and, when the
+    the ideal, counts per outcome, the best trial's hyperparameters and metrics, how to open the
+    MLflow UI on the store the sweep wrote (credentials redacted): for a server, the link
+    to the experiment's runs table; for a local store, the ``gradtune ui`` command and then
+    that link (:func:`note.ui_link`); and, when the
     MLflow server was down at the end, how many records wait in the spool and the command
     that sends them."""
     spec = result.spec
@@ -67,12 +70,14 @@ def render(result: SweepResult, wall: float | None = None) -> str:
                      "continue with:")
         lines.append(f"    python -m gradtune sweep --resume {shlex.quote(result.storage)}")
     uri = redact(result.tracking_uri)  # a database URI may hold a password
-    ui = uri if uri.startswith(("http://", "https://")) else (
-        f"python -m gradtune ui --tracking-uri {shlex.quote(uri)}")
+    link = ui_link(uri, result.experiment_id)
+    server = uri.startswith(("http://", "https://"))
     lines += [
         f"  MLflow: experiment '{result.experiment}', parent run {result.parent_run_id}",
-        f"  open the UI: {ui}",
+        f"  open the UI: {link if server else 'python -m gradtune ui --tracking-uri ' + shlex.quote(uri)}",
     ]
+    if not server and result.experiment_id is not None:
+        lines.append(f"    then the runs table: {link}")
     if result.pending:
         lines += [
             f"  MLflow: {result.pending} records not sent (the server did not answer); they are in",

@@ -45,6 +45,7 @@ class SweepResult:
     pending: int = 0  # MLflow records not sent when the sweep ended: they are in ``spool``
     spool: str | None = None
     workers: int = 1  # trials that could run at once (concurrency limit, cluster CPUs/GPUs)
+    experiment_id: str | None = None  # the MLflow experiment's id, for links into the UI
 
     @property
     def trials(self) -> list[TrialRecord]:
@@ -129,6 +130,10 @@ def _execute(spec: SweepSpec, path: str, parent_id: str | None, address: str | N
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gradtune-store")
     store = pool.submit(_tracking_step, uri, lambda: tracking.check_store(uri))
     pool.shutdown(wait=False)
+    # A store that fails at once (a server that refuses connections, a bad scheme) is
+    # one line before Ray starts, as before; a slow one is waited for after.
+    if wait([store], timeout=STORE_HEAD_START_S).done:
+        store.result()
     spool = _spool(os.path.dirname(path), os.path.basename(path))
     ledger = Ledger()  # what happened to each trial: the scheduler writes, the others read
     tracker = tracking.MLflowTracking(shown, uri, spec.experiment, ledger, spool=spool)
@@ -200,9 +205,11 @@ def _execute(spec: SweepSpec, path: str, parent_id: str | None, address: str | N
         storage=path, ledger=ledger, runs=tracker.run_ids(),
         seconds=time.monotonic() - started, interrupted=interrupt.signum,
         pending=pending, spool=spool if pending else None, workers=workers,
+        experiment_id=tracker.experiment_id,
     )
 
 
+STORE_HEAD_START_S = 1.0  # how long the store check runs alone before Ray starts
 MANIFEST = "gradtune-sweep.json"  # in the Tune experiment folder: what --resume needs
 
 

@@ -10,7 +10,9 @@ credentials or network access to the server.
 
 NaN and inf metric values are logged as they are (MLflow stores them, and the writer's
 spool keeps them exactly), so a diverged trial's last numbers are visible in the UI;
-non-numeric result values are not logged as metrics.
+non-numeric result values are not logged as metrics. What a child run shows (its name,
+status and points, log10 companions included) is :mod:`gradtune.runview`'s; what the parent
+says at the end (its note, best metrics) is :mod:`gradtune.note`'s.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,11 +31,12 @@ from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
-from gradtune import failure, outcome
+from gradtune import failure, note, outcome
 from gradtune import spec as spec_mod
 from gradtune.credentials import redact
-from gradtune.outcome import Ledger, Outcome, TrialRecord
+from gradtune.outcome import Ledger, TrialRecord
 from gradtune.params import trial_params
+from gradtune.runview import RUN_STATUS, TUNE_KEYS, ended_name, metrics_of, run_name, window_points
 from gradtune.spec import SweepSpec
 from gradtune.writer import Point, Writer, quiet_http_retries
 
@@ -40,47 +44,30 @@ log = logging.getLogger(__name__)
 
 OUTAGE_ENV = "GRADTUNE_MLFLOW_OUTAGE_S"  # seconds without an answer before spooling
 DRAIN_ENV = "GRADTUNE_MLFLOW_DRAIN_S"  # seconds the sweep's end waits for the writer
-__all__ = ["MLflowTracking", "end_tags", "metrics_of", "redact", "resolve_uri", "run_name"]
+__all__ = ["PARENT_PARAMS", "RUN_STATUS", "TUNE_KEYS", "MLflowTracking", "end_tags", "metrics_of",
+           "parent_name", "redact", "resolve_uri", "run_name"]
+
+# The spec keys logged as the parent run's params (the whole spec is its spec.yaml): few,
+# so the compare view's param pickers show the trials' knobs, not 48 spec keys.
+PARENT_PARAMS = ("workload.name", "training.steps", "training.precision", "search.sampler",
+                 "search.trials", "search.metric", "search.mode", "divergence.scheduler")
 
 
-def run_name(params: dict[str, Any]) -> str:
-    """A readable child-run name, e.g. ``norm=layer clip=norm@1.0 init=2.0 bs=64``."""
-    clip = params.get("clip_method", "none")
-    if clip != "none":
-        clip = f"{clip}@{params.get('clip_threshold', 0):.3g}"
-    parts = [
-        f"norm={params.get('norm', 'none')}",
-        f"clip={clip}",
-        f"init={params.get('init_scale', 1.0):.3g}",
-        f"bs={params.get('batch_size')}",
-    ]
-    return " ".join(parts)
+def parent_name(spec: SweepSpec, experiment: str, when: float | None = None) -> str:
+    """The parent run's name: the spec, the experiment when it is another one, the start
+    time and 4 random hex digits, so that no two sweeps look alike
+    (``sweep quickstart in team-x · 2026-12-02 08:58:29 · 3fa1``)."""
+    where = "" if experiment == spec.name else f" in {experiment}"
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
+    return f"sweep {spec.name}{where} · {stamp} · {uuid.uuid4().hex[:4]}"
 
 
-def metrics_of(result: dict[str, Any], timestamp_ms: int) -> list[Point]:
-    """The numeric values of ``result`` as metric points at its training step; NaN and inf
-    as they are. Tune's own bookkeeping keys and :data:`outcome.NOT_METRICS` are left out."""
-    step = int(result.get(outcome.STEP, result.get("training_iteration", 0)))
-    out = []
-    for key, value in result.items():
-        if key in outcome.NOT_METRICS or key in TUNE_KEYS:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
-        out.append(Point(key, float(value), timestamp_ms, step))
-    return out
-
-
-TUNE_KEYS = {
-    "training_iteration", "time_total_s", "time_this_iter_s", "timestamp", "pid",
-    "time_since_restore", "iterations_since_restore", "timesteps_total", "episodes_total",
-    "timesteps_since_restore",
-}
-
-
-# The MLflow status of a child run for each outcome.
-RUN_STATUS = {Outcome.COMPLETED: "FINISHED", Outcome.DIVERGED: "FINISHED",
-              Outcome.PRUNED: "KILLED", Outcome.FAILED: "FAILED"}
+def parent_params(spec: SweepSpec) -> dict[str, str]:
+    """:data:`PARENT_PARAMS` of ``spec``, and ``searched``: the knobs of its space."""
+    flat = spec_mod.flatten(spec.model_dump(mode="json"))
+    params = {k: _param_value(flat[k]) for k in PARENT_PARAMS if k in flat}
+    params["searched"] = _param_value(",".join(spec.search.space))
+    return params
 
 
 def _seconds(value: float | None, env: str, default: float) -> float:
@@ -115,6 +102,9 @@ class MLflowTracking(Callback):
         # steps after its checkpoint, which are not logged twice.
         self.logged_step: dict[str, int] = {}
         self.reopened: dict[str, dict[str, str]] = {}  # trial id -> params of its run, on resume
+        # trial id -> (step, grad_norm) of every point logged by this driver (a resumed
+        # sweep's start with its resume), for the report read at the sweep's end.
+        self.traces: dict[str, list[tuple[int, float]]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         """What Tune pickles into ``tuner.pkl`` (RunConfig.callbacks are part of it): no
@@ -124,22 +114,23 @@ class MLflowTracking(Callback):
 
     # ----------------------------------------------------------------- sweep level
     def start(self) -> str:
-        """Create the experiment (if needed) and the parent run, then start the writer;
+        """Create the experiment (if needed, tagged as a model-training one) and the parent
+        run (:func:`parent_name`, params :func:`parent_params`), then start the writer;
         returns the parent's run id. Called by the sweep before Tune starts, so a bad
         tracking URI or a server that is down fails here, in seconds, before any trial."""
         _quiet_run_links()
         with store_lock(self.tracking_uri):  # one store creation, one experiment
             self.writer = Writer(self.tracking_uri, self.spool, outage_s=self.outage_s)
             self.experiment_id, self.parent_id = self.writer.open(
-                self.experiment,
-                run_name=f"sweep {self.spec.name} {time.strftime('%Y-%m-%d %H:%M:%S')}",
+                self.experiment, run_name=parent_name(self.spec, self.experiment),
                 tags={"gradtune.role": "sweep", "gradtune.workload": self.spec.workload.name},
+                # Older MLflow 3 UIs open such an experiment on its runs, not on traces.
+                experiment_tags={note.KIND_TAG: note.KIND_ML},
             )
         # Credentials in a URI (user:password@host) stay out of what is logged.
         logged = self.spec.model_copy(update={"tracking": self.spec.tracking.model_copy(
             update={"uri": redact(self.spec.tracking.uri)})})
-        flat = spec_mod.flatten(logged.model_dump(mode="json"))
-        self.writer.put("params", self.parent_id, params={k: _param_value(v) for k, v in flat.items()})
+        self.writer.put("params", self.parent_id, params=parent_params(logged))
         self.writer.put("text", self.parent_id, path="spec.yaml", text=spec_mod.dump(logged))
         self.writer.start()
         return self.parent_id
@@ -165,14 +156,17 @@ class MLflowTracking(Callback):
             # that ended after Tune's last experiment checkpoint runs again.
             self.runs[trial_id] = self.writer.adopt(run.info.run_id)
             self.reopened[trial_id] = dict(run.data.params)
-            steps = [m.step for m in client.get_metric_history(run.info.run_id, "grad_norm")]
-            self.logged_step[trial_id] = max(steps, default=0)
+            norms = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "grad_norm"))
+            self.logged_step[trial_id] = max((step for step, _ in norms), default=0)
+            self.traces[trial_id] = norms
         self.writer.start()
         return parent_id
 
     def finish(self, status: str = "FINISHED") -> int:
-        """End the parent run and wait (``drain_s`` at most) for the writer; returns the
-        number of records still pending (they are in the spool). Child runs still open
+        """Describe the sweep on the parent run (its note, :func:`note.render`; counts
+        ``trials_<outcome>`` and ``best_<metric>`` as metrics; ``summary.json``), end it and
+        wait (``drain_s`` at most) for the writer; returns the number of records still
+        pending (they are in the spool). Child runs still open
         (trials stopped in flight by an interrupt) end KILLED, tagged
         ``gradtune.outcome=interrupted``: a resumed sweep continues them."""
         if self.writer is None or self.parent_id is None:
@@ -181,9 +175,16 @@ class MLflowTracking(Callback):
             if trial_id not in self.ended:
                 self._kill(key)
         counts = self.ledger.counts()
+        metric, mode = self.spec.search.metric, self.spec.search.mode
+        values = {f"trials_{o}": float(n) for o, n in counts.items()}
+        values.update(note.best_metrics(self.ledger, metric, mode))
         self.writer.put("metrics", self.parent_id,
-                        points=[Point(f"trials_{o}", float(n), _now(), 0) for o, n in counts.items()])
-        summary = self.ledger.summary(self.spec.search.metric, self.spec.search.mode, self.runs)
+                        points=[Point(k, v, _now(), 0) for k, v in values.items()])
+        # The run keys in the note become run ids when the writer sends it, as in summary.json.
+        text = note.render(self.ledger, self.spec.name, metric, mode, list(self.spec.search.space),
+                           self.runs, self.experiment_id)
+        self.writer.put("tags", self.parent_id, tags={note.NOTE_TAG: text})
+        summary = self.ledger.summary(metric, mode, self.runs)
         # allow_nan=False: the summary is strict JSON (outcome.strict_json made NaN null).
         # Its run ids are the writer's keys until it sends the file (it swaps in the ids).
         self.writer.put("text", self.parent_id, path="summary.json",
@@ -230,10 +231,18 @@ class MLflowTracking(Callback):
         # A retry or a resumed sweep reports again the steps between its checkpoint and the
         # stop: the first report of a step stands (on CPU the two are the same).
         step = int(result.get(outcome.STEP, 0))
-        if step and step <= self.logged_step.get(trial.trial_id, 0):
+        after = self.logged_step.get(trial.trial_id, 0)
+        if step and step <= after:
             return
         self.logged_step[trial.trial_id] = step
-        self.writer.put("metrics", key, points=metrics_of(result, _now()))
+        now = _now()
+        # A verdict's last steps (outcome.WINDOW): the steps between the last report and
+        # this one, so the run's charts show the blow-up step by step.
+        points = window_points(result.get(outcome.WINDOW) or (), after, step, now)
+        points += metrics_of(result, now)
+        self.writer.put("metrics", key, points=points)
+        trace = self.traces.setdefault(trial.trial_id, [])
+        trace += [(p.step, p.value) for p in points if p.key == "grad_norm"]
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self._end(trial, errored=False)
@@ -251,7 +260,9 @@ class MLflowTracking(Callback):
         record = self.ledger.end(trial.trial_id, trial_params(self.spec, trial.config),
                                  trial.last_result, errored, error=failed.reason if failed else None,
                                  failures=failures)
-        self.writer.put("tags", key, tags={t.key: t.value for t in end_tags(record)})
+        tags = {t.key: t.value for t in end_tags(record)}
+        tags["mlflow.runName"] = ended_name(record.outcome, record.params)  # the outcome first
+        self.writer.put("tags", key, tags=tags)
         if failed is not None and failed.details:  # every failure, with tracebacks
             self.writer.put("text", key, path="error.txt", text=failed.details)
         self.writer.put("end", key, status=RUN_STATUS[record.outcome], end_time=_now())

@@ -21,7 +21,9 @@ of the uninterrupted trial.
 
 NaN and inf: the monitor sees every step's loss and gradient norm. On a verdict (always on a
 non-finite value) the trial evaluates once, reports at once with ``diverged=1``,
-``divergence_reason`` and ``divergence_step``, and returns: no compute after the verdict.
+``divergence_reason``, ``divergence_step`` and its last steps' loss, gradient norm and
+update ratio (``outcome.WINDOW``, from a ring buffer of floats already on the host), and
+returns: no compute after the verdict.
 No checkpoint is taken at a step with a non-finite loss or gradient norm (an fp16 overflow
 step) nor with a verdict.
 """
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -106,6 +109,21 @@ class Window:
         vars(self).update(state)
 
 
+class LastSteps:
+    """The last ``size`` steps' ``[step, loss, grad_norm, update_ratio]`` rows, in the trial
+    checkpoint (a restored trial's verdict carries the same rows as the uninterrupted one)."""
+
+    def __init__(self, size: int) -> None:
+        self.rows: deque[list[float]] = deque(maxlen=size)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": [list(r) for r in self.rows]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rows.clear()
+        self.rows.extend(list(r) for r in state["rows"])
+
+
 class Judge:
     """The per-step divergence decision: the monitor's rules on every step, except that
     under fp16 an inf gradient is the loss scaler's signal (step skipped, scale lowered),
@@ -179,13 +197,16 @@ def train(
     val: dict[str, float] = {}
     window = Window()
     metrics: dict[str, Any] = {}
+    # The last steps' numbers, already on the host for the rules: a diverged trial's report
+    # carries them (outcome.WINDOW).
+    last = LastSteps(last_steps(spec))
     data = checkpoint.Position(wl.train_batches)
     marks = healthy.Marks(spec.divergence.window)
     every = t.checkpoint_every if save is not None else None
     # Everything that a checkpoint saves; a restore puts it back and the loop goes on.
     state = {"model": model, "optimizer": optimizer, "schedule": schedule, "scaler": amp.scaler,
              "clipper": clip, "judge": judge, "window": window, "val": val, "data": data,
-             "marks": marks}
+             "marks": marks, "last": last}
     start = 1
     if resume is not None:
         start = checkpoint.restore(resume, state) + 1
@@ -212,6 +233,7 @@ def train(
         ).tolist()
         signals_v = dict(zip(extra, extra_v))
         window.add(loss_v, norm_v, bool(clipped_v))
+        last.rows.append([step, loss_v, norm_v, ratio_v])
         verdict = judge(step, loss_v, norm_v, ratio_v, signals_v)
         done = verdict is not None or step == t.steps
         if done or step % eval_every == 0:
@@ -231,6 +253,7 @@ def train(
             }
             if verdict is not None:
                 metrics.update(verdict.keys())
+                metrics[outcome.WINDOW] = list(last.rows)
             window.reset()
             finite = math.isfinite(loss_v) and math.isfinite(norm_v)
             if save is not None and every and step % every == 0 and finite and not done:
@@ -242,3 +265,11 @@ def train(
             log.info("trial diverged at step %d: %s", verdict.step, verdict.reason)
             break
     return metrics
+
+
+def last_steps(spec: SweepSpec) -> int:
+    """How many steps a verdict's report carries (:data:`outcome.WINDOW`): the report
+    interval or the divergence rules' window, whichever is larger, at most
+    :data:`outcome.MAX_WINDOW`."""
+    return min(outcome.MAX_WINDOW, max(spec.training.report_every, spec.divergence.window))
+

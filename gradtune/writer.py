@@ -116,12 +116,14 @@ class Writer:
         self._thread: threading.Thread | None = None
 
     # --------------------------------------------------------------- the driver's side
-    def open(self, experiment: str, run_name: str, tags: dict[str, str]) -> tuple[str, str]:
-        """Create the experiment if needed and the sweep's parent run, synchronously: a
-        store that is down or refuses fails here, after one short try (no retries).
-        Returns (experiment id, the parent's run id, which is also its key)."""
+    def open(self, experiment: str, run_name: str, tags: dict[str, str],
+             experiment_tags: dict[str, str] | None = None) -> tuple[str, str]:
+        """Create the experiment if needed (with ``experiment_tags``) and the sweep's parent
+        run, synchronously: a store that is down or refuses fails here, after one short try
+        (no retries). Returns (experiment id, the parent's run id, which is also its key)."""
         exp = self.client.get_experiment_by_name(experiment)
-        exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+        exp_id = exp.experiment_id if exp else self.client.create_experiment(
+            experiment, tags=experiment_tags)
         run_id = self.client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
         self.ids[run_id] = run_id
         return exp_id, run_id
@@ -141,8 +143,9 @@ class Writer:
 
     def put(self, op: str, run: str, **fields: Any) -> None:
         """Queue one record and return at once. ``op``: create (experiment_id, name, tags,
-        start_time), params (params), metrics (points), tags (tags), text (path, text; run
-        keys in the text become run ids), reopen (none) or end (status, end_time)."""
+        start_time), params (params), metrics (points), tags (tags; run keys in their values
+        become run ids), text (path, text; run keys in the text become run ids), reopen (none)
+        or end (status, end_time)."""
         try:
             self._queue.put_nowait({"op": op, "run": run, **fields})
         except queue.Full:  # never block the driver; say it, count it
@@ -264,10 +267,10 @@ class Writer:
             params = [Param(k, v) for k, v in record["params"].items()]
             self._call(batch, partial(self._batches, record["run"], "params", params))
         elif op == "tags":
-            tags = [RunTag(k, v) for k, v in record["tags"].items()]
+            tags = [RunTag(k, self._swap(v)) for k, v in record["tags"].items()]
             self._call(batch, partial(self._batches, record["run"], "tags", tags))
         elif op == "text":
-            text = KEY.sub(lambda m: self.ids.get(m.group(0), m.group(0)), record["text"])
+            text = self._swap(record["text"])
             self._call(batch, lambda: self.client.log_text(self._id(record["run"]), text, record["path"]))
         elif op == "reopen":  # a resumed trial: its run is RUNNING again
             self._call(batch, lambda: self.client.update_run(self._id(record["run"]), status="RUNNING"))
@@ -288,6 +291,10 @@ class Writer:
             log.warning("MLflow refused %d %s record(s) (%s); dropped", len(records), records[0]["op"], exc)
             self.dropped += len(records)
             return None
+
+    def _swap(self, text: str) -> str:
+        """``text`` with each run key of a created run replaced by its run id."""
+        return KEY.sub(lambda m: self.ids.get(m.group(0), m.group(0)), text)
 
     def _create(self, record: dict[str, Any]) -> str:
         key = record["run"]

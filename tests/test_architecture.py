@@ -10,8 +10,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "gradtune"
 
 FLOORS = [
     {"errors", "outcome", "interrupt", "spool", "healthy"},
-    {"params", "credentials", "address"},
-    {"spec", "attention"},
+    {"params", "credentials", "address", "runview"},
+    {"spec", "attention", "note"},
     {"signals", "search_space", "workloads", "clipping", "telemetry", "precision", "feasibility",
      "writer", "checkpoint", "failure"},
     {"trial", "searcher", "scheduler", "tracking"},

@@ -96,3 +96,16 @@ def test_resume_of_nothing_is_one_line(in_tmp, capsys, argv, expected):
     assert cli.main([*argv, "--storage", str(in_tmp / "results")]) == 2
     err = capsys.readouterr().err
     assert expected in err and err.count("\n") == 1
+
+
+def test_ui_prints_the_link_to_an_experiments_runs_table(tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp_id = MlflowClient(tracking_uri=uri).create_experiment("team")
+    lines = cli.ui_lines(uri, "127.0.0.1", 5001, "team")
+    assert lines == [f"MLflow UI for {uri} at http://127.0.0.1:5001",
+                     f"  runs of 'team': http://127.0.0.1:5001/#/experiments/{exp_id}/runs?workflowType=machine_learning"]
+    assert cli.ui_lines(uri, "127.0.0.1", 5000, None) == [f"MLflow UI for {uri} at http://127.0.0.1:5000"]
+    assert cli.main(["ui", "--tracking-uri", uri, "--experiment", "nope"]) == 2
+    assert "--experiment nope: no such experiment in sqlite:///" in capsys.readouterr().err

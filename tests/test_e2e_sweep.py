@@ -7,7 +7,7 @@ import math
 import pytest
 from mlflow.tracking import MlflowClient
 
-from gradtune import sweep
+from gradtune import note, sweep, tracking, trial
 from gradtune.outcome import Outcome
 
 pytestmark = pytest.mark.e2e
@@ -39,6 +39,8 @@ def test_grid_sweep_logs_parent_children_params_metrics_and_outcomes(ray_session
     assert parent.data.params["training.steps"] == "40"
     assert "spec.yaml" in [a.path for a in client.list_artifacts(parent.info.run_id)]
     assert parent.info.status == "FINISHED"
+    assert parent.info.run_name.startswith("sweep e2e-grid · ")
+    assert client.get_experiment(result.experiment_id).tags[note.KIND_TAG] == note.KIND_ML
 
     assert len(kids) == 4
     by_config = {(r.data.params["init_scale"], r.data.params["norm"]): r for r in kids}
@@ -50,12 +52,21 @@ def test_grid_sweep_logs_parent_children_params_metrics_and_outcomes(ray_session
         assert tags["gradtune.outcome"] in {"completed", "diverged", "pruned", "failed"}
         for name in ("clip_method", "init_scale", "norm", "batch_size", "lr", "optimizer"):
             assert name in run.data.params
-        assert run.info.run_name.startswith("norm=")
+        # the runs table tells them apart: outcome first in the name, a status of its own
+        assert run.info.run_name.startswith(tags["gradtune.outcome"] + " · norm=")
+        assert run.info.status == tracking.RUN_STATUS[Outcome(tags["gradtune.outcome"])]
 
     exploding = by_config[("4.0", "none")]
     assert exploding.data.tags["gradtune.outcome"] == "diverged"
     assert int(exploding.data.tags["gradtune.divergence_step"]) < 40
     assert exploding.data.tags["gradtune.divergence_reason"]
+    assert exploding.info.status == "FAILED"
+    # its last steps, not only its reports: every step of the window before the verdict
+    step = int(exploding.data.tags["gradtune.divergence_step"])
+    steps = [m.step for m in client.get_metric_history(exploding.info.run_id, "grad_norm")]
+    assert steps == sorted(set(steps)) and steps[-1] == step
+    window = min(step, trial.last_steps(spec))
+    assert set(range(step - window + 1, step + 1)) <= set(steps)
 
     stable = by_config[("4.0", "layer")]
     assert stable.data.tags["gradtune.outcome"] == "completed"
@@ -70,6 +81,10 @@ def test_grid_sweep_logs_parent_children_params_metrics_and_outcomes(ray_session
     assert parent.data.metrics["trials_diverged"] == counts["diverged"]
     best = result.best()
     assert best is not None and best.outcome is Outcome.COMPLETED
+    assert parent.data.metrics["best_val_loss"] == best.result["val_loss"]
+    described = parent.data.tags[note.NOTE_TAG]
+    assert f"(#/experiments/{result.experiment_id}/runs/{result.runs[best.trial_id]})" in described
+    assert "### Divergence reasons" in described and "| init_scale | " in described
     assert [t.number for t in result.trials] == list(range(4))
 
 

@@ -112,8 +112,8 @@ def test_callbacks_do_not_wait_for_a_dead_server_and_sync_sends_the_rest(server,
         assert run.data.tags["gradtune.node_id"] == "node-a" and run.data.params["init_scale"]
         history = client.get_metric_history(run.info.run_id, "train_loss")
         assert [m.step for m in history] == [5 * i for i in range(1, reports + 1)]
-    saved = json.loads(Path(client.download_artifacts(parent_id, "summary.json", str(tmp_path))).read_text())
-    assert {e["run_id"] for e in saved["trials"]} == {r.info.run_id for r in kids}
+    written = json.loads(Path(client.download_artifacts(parent_id, "summary.json", str(tmp_path))).read_text())
+    assert {e["run_id"] for e in written["trials"]} == {r.info.run_id for r in kids}
 
 
 def tune_reports(storage: Path) -> dict[str, list[dict]]:

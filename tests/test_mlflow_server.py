@@ -146,6 +146,7 @@ def test_sweep_logs_to_the_tracking_server_over_http(server, tmp_path, monkeypat
             assert [m.step for m in val] == steps
             assert all(math.isfinite(m.value) for m in val)
         elif outcome == "diverged":
+            assert run.info.status == "FAILED" and run.info.run_name.startswith("diverged · ")
             assert int(tags["gradtune.divergence_step"]) <= steps[-1]
             assert tags["gradtune.divergence_reason"]
         for name in ("grad_norm", "grad_norm_max", "clip_fraction", "val_accuracy"):

@@ -38,5 +38,17 @@ def test_the_callback_writes_each_trial_once():
     cb.on_trial_complete(0, [], trial)
     cb.on_trial_complete(0, [], trial)
     assert out.getvalue().count("\n") == 1 and out.getvalue().startswith("[1/2] completed")
+    assert out.getvalue().endswith("val_loss=0.2  | 1 completed\n")
+    ledger.judge("b", Verdict("loss is nan", 7))
+    cb.on_trial_complete(0, [], SimpleNamespace(trial_id="b", config={}, last_result={"step": 7, "final": 1}))
+    assert out.getvalue().splitlines()[1].endswith("at step 7: loss is nan  | 1 completed, 1 diverged")
     assert ledger.records["a"].params["norm"] == "layer"
     assert "stream" in cb.__getstate__() and cb.__getstate__()["stream"] is None
+
+
+def test_the_line_ends_with_the_outcomes_so_far():
+    ledger = Ledger()
+    record = ledger.end("c", KNOBS, {"step": 300, "final": 1, "val_loss": 0.5})
+    counts = {"completed": 10, "diverged": 2, "pruned": 1, "failed": 0}
+    assert progress.line(record, 13, 24, "val_loss", counts).endswith(
+        "val_loss=0.5  | 10 completed, 2 diverged, 1 pruned")

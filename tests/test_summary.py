@@ -12,7 +12,11 @@ from gradtune.sweep import SweepResult
 
 def sweep_result(ledger: Ledger, uri: str = "sqlite:////tmp/x/mlflow.db") -> SweepResult:
     return SweepResult(spec=SweepSpec(), tracking_uri=uri, experiment="quickstart", parent_run_id="p1",
-                       storage="/tmp/x", ledger=ledger, runs={"good": "run-good"}, seconds=12.3)
+                       storage="/tmp/x", ledger=ledger, runs={"good": "run-good"}, seconds=12.3,
+                       experiment_id="4")
+
+
+RUNS = "/#/experiments/4/runs?workflowType=machine_learning"
 
 
 def test_summary_counts_reasons_best_and_ui_command():
@@ -28,7 +32,8 @@ def test_summary_counts_reasons_best_and_ui_command():
     assert "    diverged at step 20: grad_norm 1e5 is 1e4x the cohort median at step 20" in lines
     assert "  best trial (val_loss min): val_loss=0.15, val_accuracy=0.96" in lines
     assert "    norm=layer, init_scale=1" in lines and "    MLflow run run-good" in lines
-    assert lines[-1] == "  open the UI: python -m gradtune ui --tracking-uri sqlite:////tmp/x/mlflow.db"
+    assert lines[-2:] == ["  open the UI: python -m gradtune ui --tracking-uri sqlite:////tmp/x/mlflow.db",
+                          "    then the runs table: http://127.0.0.1:5000" + RUNS]
 
 
 def test_summary_without_a_finite_completed_trial_and_many_divergences():
@@ -40,7 +45,7 @@ def test_summary_without_a_finite_completed_trial_and_many_divergences():
     assert text.count("    diverged at step") == 5
     assert "    ... and 2 more (tag gradtune.outcome=diverged)" in text
     assert "  no trial completed with a finite val_loss" in text
-    assert text.splitlines()[-1] == "  open the UI: http://127.0.0.1:5000"
+    assert text.splitlines()[-1] == "  open the UI: http://127.0.0.1:5000" + RUNS
 
 
 def test_summary_names_records_left_unsent_and_the_sync_command():

@@ -1,11 +1,16 @@
-"""MLflow naming, end-of-trial tags and metric extraction (no MLflow server needed)."""
+"""MLflow naming, end-of-trial tags and metric extraction (no MLflow server needed); one
+sweep's records against a local SQLite store, read back as a person sees them (no Ray)."""
 
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
-from gradtune import tracking
+from mlflow.tracking import MlflowClient
+
+from gradtune import note, outcome, tracking
 from gradtune.outcome import Ledger, Outcome, Verdict
+from gradtune.spec import SweepSpec
 
 
 def test_run_name_is_readable():
@@ -28,6 +33,8 @@ def test_end_tags_say_the_outcome_why_and_where():
     assert {t.key: t.value for t in tracking.end_tags(pruned)} == {"gradtune.outcome": "pruned"}
     assert {tracking.RUN_STATUS[o] for o in Outcome} == {"FINISHED", "KILLED", "FAILED"}
     assert tracking.RUN_STATUS[Outcome.FAILED] == "FAILED" and tracking.RUN_STATUS[Outcome.PRUNED] == "KILLED"
+    # red in the runs table: a diverged trial must not look like a completed one
+    assert tracking.RUN_STATUS[Outcome.DIVERGED] == "FAILED" and tracking.RUN_STATUS[Outcome.COMPLETED] == "FINISHED"
 
 
 def test_metrics_are_logged_against_the_training_step_and_keep_nan():
@@ -35,7 +42,7 @@ def test_metrics_are_logged_against_the_training_step_and_keep_nan():
               "training_iteration": 4, "time_total_s": 1.0, "node_id": "abc", "final": 1,
               "divergence_reason": "loss is nan", "diverged": 1}
     metrics = {m.key: m for m in tracking.metrics_of(result, 0)}
-    assert set(metrics) == {"train_loss", "grad_norm", "val_accuracy", "diverged"}
+    assert set(metrics) == {"train_loss", "grad_norm", "val_accuracy", "diverged"}  # no log10 of nan/inf
     assert all(m.step == 40 for m in metrics.values())
     assert math.isnan(metrics["train_loss"].value) and math.isinf(metrics["grad_norm"].value)
 
@@ -67,3 +74,92 @@ def test_end_tags_say_why_a_trial_failed_and_how_often():
 
 def test_healthy_checkpoint_step_is_not_a_metric():
     assert not tracking.metrics_of({"step": 30, "healthy_checkpoint_step": 10}, 0)
+
+
+def test_heavy_tailed_metrics_get_log10_companions():
+    result = {"step": 10, "train_loss": 2.0, "grad_norm": 1e18, "update_ratio": 0.0, "val_loss": 100.0}
+    metrics = {m.key: m.value for m in tracking.metrics_of(result, 0)}
+    assert metrics["log10_grad_norm"] == 18.0 and metrics["log10_train_loss"] == math.log10(2.0)
+    assert "log10_update_ratio" not in metrics  # no log of 0 (nor of nan, inf, < 0)
+    assert "log10_val_loss" not in metrics  # val_loss is not heavy-tailed
+
+
+def test_ended_runs_are_named_by_their_outcome_first():
+    params = {"norm": "none", "clip_method": "none", "init_scale": 3.2, "batch_size": 64}
+    assert tracking.ended_name(Outcome.DIVERGED, params) == "diverged · norm=none clip=none init=3.2 bs=64"
+    assert tracking.ended_name(Outcome.COMPLETED, params).startswith("completed · norm=none")
+
+
+def test_parent_name_is_unique_and_says_spec_and_experiment():
+    spec = SweepSpec()
+    one, two = tracking.parent_name(spec, "team", 0.0), tracking.parent_name(spec, "team", 0.0)
+    assert one.startswith("sweep quickstart in team · ") and one != two
+    assert tracking.parent_name(spec, "quickstart").startswith("sweep quickstart · ")
+    params = tracking.parent_params(spec)
+    assert params["training.steps"] == "300"
+    assert params["searched"] == "clip_method,clip_threshold,init_scale,norm,batch_size"
+    assert len(params) <= 10 and "tracking.uri" not in params
+
+
+def _trial(trial_id, last_result, **config):
+    return SimpleNamespace(trial_id=trial_id, config=config, last_result=last_result, num_failures=0)
+
+
+def test_a_sweep_as_mlflow_shows_it(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    ledger = Ledger()
+    tracker = tracking.MLflowTracking(SweepSpec(), uri, "exp", ledger, spool=str(tmp_path / "spool.jsonl"),
+                                      drain_s=30)
+    parent = tracker.start()
+    good = _trial("good", None, norm="layer", init_scale=1.0)
+    boom = _trial("boom", None, norm="none", init_scale=4.0)
+    for t in (good, boom):
+        tracker.on_trial_start(0, [], t)
+    for step in (10, 20):
+        tracker.on_trial_result(0, [], good, {"step": step, "grad_norm": 1.0, "val_loss": 0.5,
+                                              "final": int(step == 20)})
+    tracker.on_trial_result(0, [], boom, {"step": 10, "grad_norm": 2.0, "train_loss": 1.0})
+    window = [[s, 1.0, 10.0 ** s, 0.1] for s in range(5, 16)] + [[16, math.nan, math.inf, math.nan]]
+    last = {"step": 16, "grad_norm": math.inf, "train_loss": math.nan, "final": 1,
+            **Verdict("loss is nan", 16).keys(), outcome.WINDOW: window}
+    tracker.on_trial_result(0, [], boom, last)
+    tracker.on_trial_result(0, [], boom, last)  # a replayed report: logged once
+    good.last_result = {"step": 20, "final": 1, "val_loss": 0.5, "val_accuracy": 0.9}
+    boom.last_result = last
+    tracker.on_trial_complete(0, [], good)
+    tracker.on_trial_complete(0, [], boom)
+    assert tracker.traces["boom"][:2] == [(10, 2.0), (11, 1e11)] and tracker.traces["boom"][-1] == (16, math.inf)
+    assert tracker.finish() == 0
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment(tracker.experiment_id)
+    assert exp.tags[note.KIND_TAG] == note.KIND_ML
+    ids = tracker.run_ids()
+    d, g = client.get_run(ids["boom"]), client.get_run(ids["good"])
+    assert d.info.run_name == "diverged · norm=none clip=none init=4 bs=64" and d.info.status == "FAILED"
+    assert d.data.tags["gradtune.outcome"] == "diverged" and d.data.tags["gradtune.divergence_step"] == "16"
+    assert g.info.run_name.startswith("completed · norm=layer") and g.info.status == "FINISHED"
+    history = client.get_metric_history(ids["boom"], "grad_norm")
+    steps = [m.step for m in history]
+    assert steps == [10, *range(11, 16), 16]  # window points after step 10, none at 5..10 again
+    assert [m.value for m in history][1] == 1e11
+    logs = {m.step: m.value for m in client.get_metric_history(ids["boom"], "log10_grad_norm")}
+    assert logs[11] == 11.0 and 16 not in logs
+    p = client.get_run(parent)
+    assert p.data.metrics["best_val_loss"] == 0.5 and p.data.metrics["trials_diverged"] == 1
+    text = p.data.tags[note.NOTE_TAG]
+    assert f"(#/experiments/{tracker.experiment_id}/runs/{ids['good']})" in text
+    assert "| loss is nan | 1 | 16 |" in text and "run-" not in text
+    assert "tracking.uri" not in p.data.params and p.data.params["search.metric"] == "val_loss"
+
+    # --resume: the renamed, FAILED run is found again by its trial id and continued; its
+    # new end names it by its outcome once (no prefix on a prefix).
+    again = tracking.MLflowTracking(SweepSpec(), uri, "exp", Ledger(), spool=str(tmp_path / "spool.jsonl"))
+    again.reopen(parent)
+    assert again.run_ids()["boom"] == ids["boom"] and again.logged_step["boom"] == 16
+    assert again.traces["boom"][0] == (10, 2.0)
+    again.on_trial_start(0, [], boom)
+    again.on_trial_complete(0, [], boom)
+    again.finish()
+    d = client.get_run(ids["boom"])
+    assert d.info.run_name == "diverged · norm=none clip=none init=4 bs=64" and d.info.status == "FAILED"

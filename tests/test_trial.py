@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from gradtune import trial
+from gradtune import outcome, trial
 from gradtune.spec import load
 
 
@@ -65,6 +65,20 @@ def test_deep_plain_mlp_with_large_init_diverges_and_stops_at_once():
     assert last["step"] == last["divergence_step"] < 300
     assert last["divergence_reason"]
     assert reports[-1] is last  # reported at once, nothing after
+
+
+def test_a_verdict_report_carries_the_last_steps_before_it():
+    reports, last = run({"norm": "none", "init_scale": 4.0},
+                        **{"workload.options": {"depth": 20, "width": 64, "activation": "relu"},
+                           "training.steps": 300, "divergence.window": 8})
+    steps = [int(row[0]) for row in last[outcome.WINDOW]]
+    # the report interval (5) or the rules' window (8), whichever is larger; up to the verdict
+    assert steps == list(range(last["step"] - len(steps) + 1, last["step"] + 1))
+    assert len(steps) == min(8, last["step"])
+    assert last[outcome.WINDOW][-1][2:] == [last["grad_norm"], last["update_ratio"]]
+    assert all(outcome.WINDOW not in r for r in reports[:-1])  # only on a verdict
+    assert trial.last_steps(spec(**{"training.report_every": 50})) == 50
+    assert trial.last_steps(spec(**{"divergence.window": 1000})) == outcome.MAX_WINDOW
 
 
 @pytest.mark.slow
