@@ -40,6 +40,7 @@ from mlflow.tracking import MlflowClient
 from selenium import webdriver
 from selenium.common.exceptions import TimeoutException, WebDriverException
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -262,11 +263,17 @@ def report_plots(driver, base: str, experiment_id: str, run_id: str, path: str =
     return wait_for(driver, f"plotly plots in {path} of run {run_id}", look, timeout)
 
 
-def tidy(driver) -> None:
-    """Close MLflow's assistant side panel (open on a first visit) before a screenshot."""
+def tidy(driver, name_width: int = 360) -> None:
+    """Before a screenshot: close MLflow's assistant side panel (open on a first visit) and,
+    on a runs table, widen the run-name column so that whole names show."""
     driver.execute_script(
         "document.querySelectorAll('button[data-component-id="
         "\"mlflow.assistant.chat_panel.close\"]').forEach(b => b.click());")
+    header = driver.find_elements(By.CSS_SELECTOR, '.ag-header-cell[col-id^="attributes.`Run Name"]')
+    if header and header[0].size["width"] < name_width:
+        handle = header[0].find_element(By.CSS_SELECTOR, ".ag-header-cell-resize")
+        ActionChains(driver).drag_and_drop_by_offset(
+            handle, name_width - header[0].size["width"], 0).perform()
 
 
 # ------------------------------------------------------------------------ the tests
