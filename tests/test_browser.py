@@ -51,7 +51,7 @@ from tests._servers import MlflowServer, kill_sessions
 pytestmark = pytest.mark.e2e
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-WAIT = 90.0  # seconds: the first page load compiles MLflow's JS bundle on 2 busy cores
+WAIT = 90.0  # seconds: a first page load parses MLflow's several-MB JS bundle, on 2 busy cores
 EXPERIMENT = "browser"
 # The naming contract of a finished trial's run: its outcome first, then its settings.
 MARKED = ("diverged", "pruned", "failed")
@@ -277,7 +277,7 @@ def tidy(driver, name_width: int = 360) -> None:
 
 
 # ------------------------------------------------------------------------ the tests
-def test_the_runs_table_shows_every_trial_by_name(logged, server, browser, shots):
+def test_the_runs_table_shows_every_trial_by_name(browser, logged, server, shots):
     rows = runs_table(browser, runs_url(server.url, logged.experiment_id), logged.parent_id,
                       set(logged.children))
     tidy(browser)
@@ -289,17 +289,21 @@ def test_the_runs_table_shows_every_trial_by_name(logged, server, browser, shots
         assert re.search(r"norm=\S+ clip=\S+ init=\S+ bs=\d+$", shown), shown
 
 
-def test_a_diverged_run_is_marked_by_name_and_failed_status(logged, server, browser, shots):
+def test_a_diverged_run_is_marked_by_name_and_failed_status(browser, logged, server, shots):
     """The contract (issue 13): a finished trial's run name starts with its outcome when it
     is not ``completed`` (``diverged · norm=...``), and a diverged run ends FAILED, which
-    the table shows as a red status icon. Completed runs carry no prefix and a green one."""
+    the table shows as a red status icon. Completed runs carry no prefix and a green one.
+
+    Fails until the tracking change that renames and fails such runs is merged: today a
+    diverged run is named ``norm=... clip=...`` like the others and ends FINISHED."""
     rows = runs_table(browser, runs_url(server.url, logged.experiment_id), logged.parent_id,
                       set(logged.children))
     tidy(browser)
     shots(browser, "runs-table-marked")
-    seen = {rows[r].name: (logged.children[r].data.tags["gradtune.outcome"], rows[r].status_rgb)
-            for r in logged.children}
-    for name, (outcome, rgb) in seen.items():
+    # name shown -> (outcome tag, status in the store, status icon colour shown)
+    seen = {rows[r].name: (run.data.tags["gradtune.outcome"], run.info.status, rows[r].status_rgb)
+            for r, run in logged.children.items()}
+    for name, (outcome, _, rgb) in seen.items():
         if outcome in MARKED:
             assert name.startswith(outcome + SEP), f"{outcome} run not marked by name: {seen}"
         else:
@@ -310,7 +314,7 @@ def test_a_diverged_run_is_marked_by_name_and_failed_status(logged, server, brow
             assert not is_red(rgb), seen
 
 
-def test_the_sweep_report_opens_with_its_plots(logged, server, browser, shots):
+def test_the_sweep_report_opens_with_its_plots(browser, logged, server, shots):
     """The parent run's ``report.html`` (self-contained plotly) opens in the UI and every
     plot in it is drawn, with data."""
     artifacts = [a.path for a in MlflowClient(logged.tracking_uri).list_artifacts(logged.parent_id)]
@@ -323,7 +327,7 @@ def test_the_sweep_report_opens_with_its_plots(logged, server, browser, shots):
         assert plot["traces"] >= 1 and plot["points"] >= 1, plots
 
 
-def test_the_page_checks_fail_on_the_wrong_page(logged, server, browser):
+def test_the_page_checks_fail_on_the_wrong_page(browser, logged, server):
     """The checks above are not vacuous: the traces page, an experiment without runs and a
     page without plots (the ``spec.yaml`` artifact) all fail them."""
     kids = set(logged.children)
