@@ -26,9 +26,11 @@ them). Selenium is pointed at /usr/bin/chromedriver, so Selenium Manager downloa
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
+import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -201,15 +203,19 @@ def runs_table(driver, url: str, parent_id: str, child_ids: set[str],
     """Open ``url`` (an experiment's runs table), unfold the parent run, and return the rows
     shown (run id -> name and status colour) once the parent and every child are there."""
     load(driver, url)
-    unfolded = [False]
+    clicked = [-math.inf]  # when the parent's expander was last clicked
 
     def look() -> tuple[bool, Any]:
         rows = {rid: (name, color) for rid, name, color in driver.execute_script(_ROWS_JS)}
-        if parent_id in rows and not unfolded[0] and not child_ids & set(rows):
-            unfolded[0] = driver.execute_script(
-                "const b = document.querySelector('.ag-pinned-left-cols-container "
-                f".ag-row[row-id=\"{parent_id}\"] button[data-component-id*=\"runnamecell\"]');"
-                "if (b) { b.click(); } return !!b;")
+        # Unfold the parent; again if, 5 s after a click, no child shows (a click that came
+        # before React wired the button up does nothing).
+        if (parent_id in rows and not child_ids & set(rows)
+                and time.monotonic() - clicked[0] > 5.0):
+            if driver.execute_script(
+                    "const b = document.querySelector('.ag-pinned-left-cols-container "
+                    f".ag-row[row-id=\"{parent_id}\"] button[data-component-id*=\"runnamecell\"]');"
+                    "if (b) { b.click(); } return !!b;"):
+                clicked[0] = time.monotonic()
         return parent_id in rows and child_ids <= set(rows), rows
 
     rows = wait_for(driver, f"the runs table with run {parent_id} and its {len(child_ids)} "
