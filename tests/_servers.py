@@ -439,9 +439,10 @@ def postgres_databases(admin_dsn: str, *suffixes: str) -> Iterator[list[str]]:
 # ----------------------------------------------------------------------- MLflow server
 class MlflowServer(_Service):
     """``mlflow server`` on 127.0.0.1 with the basic-auth app (as deployed), proxied
-    artifacts under ``root/artifacts``, and the given backend and auth databases."""
+    artifacts under ``root/artifacts``, and the given backend and auth databases; with
+    ``auth_db_uri=None``, the plain server a user opens (``gradtune ui``): no login."""
 
-    def __init__(self, root: Path, backend_uri: str, auth_db_uri: str) -> None:
+    def __init__(self, root: Path, backend_uri: str, auth_db_uri: str | None) -> None:
         self.root = root
         self.backend_uri = backend_uri
         self.backend = backend_uri.split(":", 1)[0].split("+", 1)[0]  # sqlite | postgresql
@@ -458,33 +459,36 @@ class MlflowServer(_Service):
         return f"http://127.0.0.1:{self.port}"
 
     def client_env(self) -> dict[str, str]:
+        if self.auth_db_uri is None:
+            return {}
         return {"MLFLOW_TRACKING_USERNAME": self.username,
                 "MLFLOW_TRACKING_PASSWORD": self.password}
 
     def start(self, timeout: float = 90.0) -> MlflowServer:
         self.root.mkdir(parents=True, exist_ok=True)
-        config = self.root / "basic_auth.ini"
-        config.write_text(
-            "[mlflow]\n"
-            "default_permission = READ\n"
-            f"database_uri = {self.auth_db_uri.replace('%', '%%')}\n"
-            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
-            # One worker, so no staleness; spares a PBKDF2 check per request (on two busy
-            # cores that is most of a request's time).
-            "auth_cache_ttl_seconds = 300\n"
-        )
-        config.chmod(0o600)
-        env = clean_env(
-            MLFLOW_AUTH_CONFIG_PATH=str(config),
-            MLFLOW_AUTH_ADMIN_USERNAME=self.username,
-            MLFLOW_AUTH_ADMIN_PASSWORD=self.password,
-            MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16),
-            # The job runner (GenAI scorers) is a handful of extra processes nobody uses here.
-            MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
-        )
-        command = [
-            sys.executable, "-m", "mlflow", "server",
-            "--app-name", "basic-auth",
+        # The job runner (GenAI scorers) is a handful of extra processes nobody uses here.
+        env = clean_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+        command = [sys.executable, "-m", "mlflow", "server"]
+        if self.auth_db_uri is not None:
+            config = self.root / "basic_auth.ini"
+            config.write_text(
+                "[mlflow]\n"
+                "default_permission = READ\n"
+                f"database_uri = {self.auth_db_uri.replace('%', '%%')}\n"
+                "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+                # One worker, so no staleness; spares a PBKDF2 check per request (on two busy
+                # cores that is most of a request's time).
+                "auth_cache_ttl_seconds = 300\n"
+            )
+            config.chmod(0o600)
+            env.update(
+                MLFLOW_AUTH_CONFIG_PATH=str(config),
+                MLFLOW_AUTH_ADMIN_USERNAME=self.username,
+                MLFLOW_AUTH_ADMIN_PASSWORD=self.password,
+                MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16),
+            )
+            command += ["--app-name", "basic-auth"]
+        command += [
             "--backend-store-uri", self.backend_uri,
             "--serve-artifacts", "--artifacts-destination", str(self.artifacts),
             "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
