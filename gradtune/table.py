@@ -11,7 +11,7 @@ Both give equal tables for the same sweep. Only trials that ended with an outcom
 (a run tagged ``interrupted``, or still without an outcome tag, is not).
 
 NaN and inf: ``Row.metrics`` keeps final values as measured (a blown-up ``grad_norm`` stays
-``inf``), ``Row.value`` is the objective when it is finite, else ``None``, and traces keep
+``inf``; MLflow's SQL store keeps inf as the largest float, read back as inf), ``Row.value`` is the objective when it is finite, else ``None``, and traces keep
 every point as logged.
 """
 
@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -146,8 +148,14 @@ def _param_text(value: Any) -> str:  # as tracking logs a param
 
 
 def _client(tracking_uri: str) -> MlflowClient:
+    """A client of an existing store: a SQLite file that is not there is an error here
+    (MLflow would create an empty store to read nothing from)."""
     from mlflow.tracking import MlflowClient
 
+    if tracking_uri.startswith("sqlite:///"):
+        path = tracking_uri[len("sqlite:///"):].partition("?")[0]
+        if path != ":memory:" and not Path(path).is_file():
+            raise GradtuneError(f"no MLflow store at {redact(tracking_uri)} (no file {path})")
     return MlflowClient(tracking_uri=tracking_uri)
 
 
@@ -205,6 +213,7 @@ def from_mlflow(tracking_uri: str, parent_run_id: str) -> SweepTable:
 
 def _parent_files(client: MlflowClient, run_id: str) -> tuple[SweepSpec, dict[str, int]]:
     """The parent's ``spec.yaml`` (required) and trial numbers from ``summary.json`` (if any)."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in the terminal
     with tempfile.TemporaryDirectory() as tmp:
         names = {a.path for a in client.list_artifacts(run_id)}
         if "spec.yaml" not in names:
@@ -218,9 +227,14 @@ def _parent_files(client: MlflowClient, run_id: str) -> tuple[SweepSpec, dict[st
     return spec, numbers
 
 
+def unclamped(value: float) -> float:
+    """A metric value as logged: MLflow's SQL store saves +-inf as +-``sys.float_info.max``."""
+    return math.copysign(math.inf, value) if abs(value) == sys.float_info.max else value
+
+
 def _row_of_run(client: MlflowClient, spec: SweepSpec, run: Run, number: int) -> Row:
     tags = run.data.tags
-    metrics = _metrics(run.data.metrics)
+    metrics = {k: unclamped(v) for k, v in _metrics(run.data.metrics).items()}
     step = tags.get("gradtune.divergence_step")
     history = client.get_metric_history(run.info.run_id, TRACE_METRIC)
     return Row(
@@ -230,5 +244,5 @@ def _row_of_run(client: MlflowClient, spec: SweepSpec, run: Run, number: int) ->
         reason=tags.get("gradtune.divergence_reason") or tags.get("gradtune.failure"),
         divergence_step=int(step) if step is not None else None,
         value=finite(metrics.get(spec.search.metric)), metrics=metrics,
-        trace=_trace([(m.step, m.value) for m in history]),
+        trace=_trace([(m.step, unclamped(m.value)) for m in history]),
     )
