@@ -11,8 +11,9 @@ Both give equal tables for the same sweep. Only trials that ended with an outcom
 (a run tagged ``interrupted``, or still without an outcome tag, is not).
 
 NaN and inf: ``Row.metrics`` keeps final values as measured (a blown-up ``grad_norm`` stays
-``inf``; MLflow's SQL store keeps inf as the largest float, read back as inf), ``Row.value`` is the objective when it is finite, else ``None``, and traces keep
-every point as logged.
+``inf``; MLflow's SQL store saves inf as the largest float, read back here as inf),
+``Row.value`` is the objective when it is finite, else ``None``, and traces keep every point
+as logged.
 """
 
 from __future__ import annotations
