@@ -80,8 +80,6 @@ def write(table: SweepTable, out_dir: str | Path) -> list[Path]:
     """Write the report of ``table`` into ``out_dir`` (created if needed; files of an
     earlier report there are replaced) and return the paths written: the PNGs, then
     ``report.html``, then the journal."""
-    from matplotlib import pyplot
-
     from gradtune import plots, study
 
     started = time.monotonic()
@@ -94,7 +92,7 @@ def write(table: SweepTable, out_dir: str | Path) -> list[Path]:
         if plot.png is not None:
             path = out / f"{plot.name}.png"
             plot.png.savefig(path, dpi=DPI)
-            pyplot.close(plot.png)  # Optuna's figures are pyplot's; ours are not (a no-op)
+            plots.close(plot)
             written.append(path)
     page = out / HTML
     page.write_text(_page(table, figures), encoding="utf-8")
