@@ -88,3 +88,11 @@ def test_a_space_of_one_knob_says_why_there_is_no_map_or_importance():
     assert "two searched numeric knobs" in (plots.stability(one).note or "")
     assert "2 searched knobs" in (plots.importance(one).note or "")
     assert plots.slices(study.to_study(one)).png is not None
+
+
+def test_optunas_plots_leave_matplotlibs_style_as_it_was():
+    import matplotlib
+
+    before = dict(matplotlib.rcParams)
+    plots.all_plots(_tables.sweep(8))
+    assert dict(matplotlib.rcParams) == before

@@ -1,7 +1,9 @@
 """Which knobs matter: Optuna's fANOVA importance (seeded, so a report is reproducible) for
 the objective and for P(diverged) (:func:`gradtune.study.divergence_study`: 1 for a
 diverged trial, 0 for any other that did not fail). Only trials with an objective count
-(Optuna's evaluators read COMPLETE trials; the study holds no NaN or inf)."""
+(Optuna's evaluators read COMPLETE trials; the study holds no NaN or inf), and a conditional
+knob is ranked only when every such trial has it: ``clip_threshold`` drops out of the
+ranking of a sweep that also tried ``clip_method: none`` (Optuna's intersection space)."""
 
 from __future__ import annotations
 
@@ -35,7 +37,8 @@ def importances(table: SweepTable, study: optuna.Study | None = None) -> dict[st
         else:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                out[target] = get_param_importances(s, evaluator=FanovaImportanceEvaluator(seed=0))
+                found = get_param_importances(s, evaluator=FanovaImportanceEvaluator(seed=0))
+                out[target] = {name: float(v) for name, v in found.items()}
     return out
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+import matplotlib
 import optuna
 
 from gradtune.plots._base import Plot
@@ -19,14 +20,17 @@ def _optuna_plot(name: str, title: str, study: optuna.Study, plotly_fn: Any, mpl
                  note: str | None, size: tuple[float, float] | None = None) -> Plot:
     if note is not None:
         return Plot(name, title, note=note)
-    with warnings.catch_warnings():
+    # Optuna's matplotlib plots switch the process to the "ggplot" style: rc_context takes it back.
+    with warnings.catch_warnings(), matplotlib.rc_context():
         warnings.simplefilter("ignore")  # ExperimentalWarning of the matplotlib backend
         html = plotly_fn(study)
-        ax = mpl_fn(study)
-    fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
-    if size is not None:
-        fig.set_size_inches(*size)
-        fig.subplots_adjust(bottom=0.2, top=0.85)
+        axes = mpl_fn(study)
+        ax = axes.flat[0] if hasattr(axes, "flat") else axes
+        fig = ax.figure
+        if size is not None:
+            fig.set_size_inches(*size)
+            fig.subplots_adjust(bottom=0.2, top=0.85)
+            ax.set_title(ax.get_title(), pad=22)  # clear of the feasible/infeasible legend
     return Plot(name, title, fig, html)
 
 
