@@ -91,7 +91,8 @@ def write(table: SweepTable, out_dir: str | Path) -> list[Path]:
     for plot in figures:
         if plot.png is not None:
             path = out / f"{plot.name}.png"
-            plot.png.savefig(path, dpi=DPI)
+            # zlib level 1: a PNG a bit larger, written ~25% faster than at Pillow's default 6
+            plot.png.savefig(path, dpi=DPI, pil_kwargs={"compress_level": 1})
             plots.close(plot)
             written.append(path)
     page = out / HTML
