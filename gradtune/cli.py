@@ -1,4 +1,4 @@
-"""The ``gradtune`` command line: sweep, validate, ui, workloads, sync.
+"""The ``gradtune`` command line: sweep, validate, ui, report, workloads, sync.
 
 Every user error (bad spec, bad flag, bad plug-in) is one line on stderr and exit code 2;
 ``--debug`` shows the traceback instead.
@@ -144,6 +144,24 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Rebuild a sweep's report from the tracking store alone: the run ``--run``, else the
+    latest sweep of EXPERIMENT (else of the whole store). Prints the table of trials and the
+    files written."""
+    from gradtune import report, table  # not tracking: a report needs no Ray
+
+    uri = args.tracking_uri  # a relative sqlite:/// path is read from here, as MLflow does
+    parent = args.run or table.latest_sweep(uri, args.experiment)
+    swept = table.from_mlflow(uri, parent)
+    if args.experiment is not None and swept.experiment != args.experiment:
+        raise GradtuneError(f"run {parent} is in experiment {swept.experiment!r}, not {args.experiment!r}")
+    out = args.out or os.path.join("gradtune-report", f"{swept.experiment}-{parent[:8]}")
+    print(report.text(swept))
+    for path in report.write(swept, out):
+        print(path)
+    return 0
+
+
 def cmd_sync(args: argparse.Namespace) -> int:
     """Send the MLflow records a sweep spooled while its server was down: one spool file,
     or every ``mlflow-spool.jsonl`` under a storage directory."""
@@ -215,6 +233,13 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--port", type=int, default=5000)
     u.add_argument("--experiment", metavar="NAME", help="print the link to this experiment's runs table")
     u.set_defaults(func=cmd_ui)
+
+    r = sub.add_parser("report", help="plots, an HTML page and an Optuna study of a finished sweep, from MLflow")
+    r.add_argument("experiment", nargs="?", help="MLflow experiment (default: the latest sweep in the store)")
+    r.add_argument("--run", help="the sweep's parent run id (default: the experiment's latest sweep)")
+    r.add_argument("--tracking-uri", default=spec_mod.TrackingSpec().uri)
+    r.add_argument("--out", help="folder for the report (default: gradtune-report/<experiment>-<run>)")
+    r.set_defaults(func=cmd_report)
 
     y = sub.add_parser("sync", help="send MLflow records a sweep spooled while the server was down")
     y.add_argument("path", help="a spool file, or a storage directory to search for mlflow-spool.jsonl")

@@ -109,3 +109,32 @@ def test_ui_prints_the_link_to_an_experiments_runs_table(tmp_path, capsys):
     assert cli.ui_lines(uri, "127.0.0.1", 5000, None) == [f"MLflow UI for {uri} at http://127.0.0.1:5000"]
     assert cli.main(["ui", "--tracking-uri", uri, "--experiment", "nope"]) == 2
     assert "--experiment nope: no such experiment in sqlite:///" in capsys.readouterr().err
+
+
+def test_report_of_an_unknown_experiment_run_or_store_is_one_line_exit_2(in_tmp, capsys):
+    from tests import _tables
+
+    uri = f"sqlite:///{in_tmp / 'mlflow.db'}"
+    assert cli.main(["report", "--tracking-uri", uri]) == 2  # no store: none is created
+    assert capsys.readouterr().err.strip() == f"error: no MLflow store at {uri} (no file {in_tmp / 'mlflow.db'})"
+    assert not (in_tmp / "mlflow.db").exists()
+    _tables.log_sweep(uri, _tables.sweep(3))
+    capsys.readouterr()
+    for argv, expected in ((["nope"], "error: no experiment 'nope' in "),
+                           (["--run", "abc"], "error: no run 'abc' in ")):
+        assert cli.main(["report", *argv, "--tracking-uri", uri]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(expected) and err.count("\n") == 1
+
+
+def test_report_prints_the_table_and_the_files(in_tmp, capsys):
+    from tests import _tables
+
+    uri = f"sqlite:///{in_tmp / 'mlflow.db'}"
+    parent = _tables.log_sweep(uri, _tables.sweep(4))
+    assert cli.main(["report", "hand", "--tracking-uri", uri, "--out", "rep"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("sweep hand (hand): 4 trials")
+    assert out[-2:] == ["rep/report.html", "rep/optuna-study.jsonl"]
+    assert cli.main(["report", "--run", parent, "--tracking-uri", uri]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"gradtune-report/hand-{parent[:8]}/optuna-study.jsonl"
