@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import signal
 from typing import Any
@@ -78,6 +79,8 @@ def render(result: SweepResult, wall: float | None = None) -> str:
     ]
     if not server and result.experiment_id is not None:
         lines.append(f"    then the runs table: {link}")
+    if result.report is not None:
+        lines.append(f"  report (also on the parent run): {os.path.join(result.report, 'report.html')}")
     if result.pending:
         lines += [
             f"  MLflow: {result.pending} records not sent (the server did not answer); they are in",

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO, TypeVar
 
 from gradtune import address as cluster
-from gradtune import credentials, healthy, searcher, tracking
+from gradtune import credentials, healthy, report, searcher, table, tracking
 from gradtune import scheduler as sched
 from gradtune.errors import GradtuneError
 from gradtune.interrupt import Interrupt
@@ -46,6 +46,7 @@ class SweepResult:
     spool: str | None = None
     workers: int = 1  # trials that could run at once (concurrency limit, cluster CPUs/GPUs)
     experiment_id: str | None = None  # the MLflow experiment's id, for links into the UI
+    report: str | None = None  # the local folder of the sweep's report (also on the parent run)
 
     @property
     def trials(self) -> list[TrialRecord]:
@@ -197,7 +198,10 @@ def _execute(spec: SweepSpec, path: str, parent_id: str | None, address: str | N
         raise
     finally:
         interrupt.uninstall()
-        pending = tracker.finish(status)
+        report_dir = None
+        if status != "FAILED":  # a sweep that ended, or was stopped: report what ended
+            report_dir = _write_report(shown, ledger, tracker, os.path.join(os.path.dirname(spool), "report"))
+        pending = tracker.finish(status, files=report_dir)
         if own_ray and ray.is_initialized():
             ray.shutdown()
     return SweepResult(
@@ -205,8 +209,22 @@ def _execute(spec: SweepSpec, path: str, parent_id: str | None, address: str | N
         storage=path, ledger=ledger, runs=tracker.run_ids(),
         seconds=time.monotonic() - started, interrupted=interrupt.signum,
         pending=pending, spool=spool if pending else None, workers=workers,
-        experiment_id=tracker.experiment_id,
+        experiment_id=tracker.experiment_id, report=report_dir,
     )
+
+
+def _write_report(spec: SweepSpec, ledger: Ledger, tracker: tracking.MLflowTracking, out: str) -> str | None:
+    """The sweep's report (:func:`report.write`) from what the driver holds, into ``out``;
+    ``None`` when it could not be made (logged: a report never fails the sweep)."""
+    try:
+        rows = table.from_ledger(spec, ledger, tracker.run_ids(), tracker.traces,
+                                 experiment=spec.experiment, experiment_id=tracker.experiment_id,
+                                 parent_run_id=tracker.parent_id)
+        report.write(rows, out)
+    except Exception:
+        log.warning("the sweep's report could not be written", exc_info=True)
+        return None
+    return out
 
 
 STORE_HEAD_START_S = 1.0  # how long the store check runs alone before Ray starts

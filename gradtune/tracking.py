@@ -162,9 +162,10 @@ class MLflowTracking(Callback):
         self.writer.start()
         return parent_id
 
-    def finish(self, status: str = "FINISHED") -> int:
+    def finish(self, status: str = "FINISHED", files: str | None = None) -> int:
         """Describe the sweep on the parent run (its note, :func:`note.render`; counts
-        ``trials_<outcome>`` and ``best_<metric>`` as metrics; ``summary.json``), end it and
+        ``trials_<outcome>`` and ``best_<metric>`` as metrics; ``summary.json``; the files
+        of the local directory ``files``, the sweep's report, as artifacts), end it and
         wait (``drain_s`` at most) for the writer; returns the number of records still
         pending (they are in the spool). Child runs still open
         (trials stopped in flight by an interrupt) end KILLED, tagged
@@ -189,6 +190,8 @@ class MLflowTracking(Callback):
         # Its run ids are the writer's keys until it sends the file (it swaps in the ids).
         self.writer.put("text", self.parent_id, path="summary.json",
                         text=json.dumps(summary, indent=2, allow_nan=False))
+        if files is not None:
+            self.writer.put("files", self.parent_id, dir=files)
         self.writer.put("end", self.parent_id, status=status, end_time=_now())
         started = time.monotonic()
         pending = self.writer.close(self.drain_s)

@@ -272,6 +272,8 @@ class Writer:
         elif op == "text":
             text = self._swap(record["text"])
             self._call(batch, lambda: self.client.log_text(self._id(record["run"]), text, record["path"]))
+        elif op == "files":  # every file of a local directory, at the artifact root
+            self._call(batch, lambda: self.client.log_artifacts(self._id(record["run"]), record["dir"]))
         elif op == "reopen":  # a resumed trial: its run is RUNNING again
             self._call(batch, lambda: self.client.update_run(self._id(record["run"]), status="RUNNING"))
         elif op == "end":

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from gradtune import note, sweep, tracking, trial
+from gradtune import cli, note, sweep, tracking, trial
 from gradtune.outcome import Outcome
 
 pytestmark = pytest.mark.e2e
@@ -86,6 +88,20 @@ def test_grid_sweep_logs_parent_children_params_metrics_and_outcomes(ray_session
     assert f"(#/experiments/{result.experiment_id}/runs/{result.runs[best.trial_id]})" in described
     assert "### Divergence reasons" in described and "| init_scale | " in described
     assert [t.number for t in result.trials] == list(range(4))
+
+    # The report: on the parent run (PNGs, offline HTML, the study journal), and again from
+    # the tracking store alone with `gradtune report`.
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"report.html", "optuna-study.jsonl", "traces.png", "history.png"} <= logged
+    assert result.report is not None and {p.name for p in Path(result.report).iterdir()} <= logged
+    again = Path(result.report).parent / "again"
+    argv = ["report", "--run", result.parent_run_id, "--tracking-uri", result.tracking_uri, "--out", str(again)]
+    assert cli.main(argv) == 0
+    assert {p.name for p in again.iterdir()} == {p.name for p in Path(result.report).iterdir()}
+    journal = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
+        str(again / "optuna-study.jsonl")))
+    (summary,) = optuna.get_all_study_summaries(journal)
+    assert summary.n_trials == 4
 
 
 def test_a_diverging_trial_is_stopped_well_before_its_budget(ray_session, tiny_spec):
