@@ -47,6 +47,9 @@ class SweepResult:
     workers: int = 1  # trials that could run at once (concurrency limit, cluster CPUs/GPUs)
     experiment_id: str | None = None  # the MLflow experiment's id, for links into the UI
     report: str | None = None  # the local folder of the sweep's report (also on the parent run)
+    # What MLflow tracking and the report cost: time in Tune's callbacks, the writer
+    # thread's CPU, the final drain, and writing the report (tracking.MLflowTracking.cost_s).
+    tracking_s: float = 0.0
 
     @property
     def trials(self) -> list[TrialRecord]:
@@ -198,9 +201,10 @@ def _execute(spec: SweepSpec, path: str, parent_id: str | None, address: str | N
         raise
     finally:
         interrupt.uninstall()
-        report_dir = None
+        report_dir, reporting = None, time.monotonic()
         if status != "FAILED":  # a sweep that ended, or was stopped: report what ended
             report_dir = _write_report(shown, ledger, tracker, os.path.join(os.path.dirname(spool), "report"))
+        reporting = time.monotonic() - reporting
         pending = tracker.finish(status, files=report_dir)
         if own_ray and ray.is_initialized():
             ray.shutdown()
@@ -209,7 +213,7 @@ def _execute(spec: SweepSpec, path: str, parent_id: str | None, address: str | N
         storage=path, ledger=ledger, runs=tracker.run_ids(),
         seconds=time.monotonic() - started, interrupted=interrupt.signum,
         pending=pending, spool=spool if pending else None, workers=workers,
-        experiment_id=tracker.experiment_id, report=report_dir,
+        experiment_id=tracker.experiment_id, report=report_dir, tracking_s=tracker.cost_s + reporting,
     )
 
 

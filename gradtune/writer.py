@@ -104,6 +104,7 @@ class Writer:
         self.ids: dict[str, str] = {}  # local run key -> server run id
         self.requests = 0  # calls made to the store, for tests and measurements
         self.dropped = 0  # records the store refused for good, or a full queue turned away
+        self.cpu_s = 0.0  # CPU seconds the writer's thread used (set when it ends)
         self._queue: queue.Queue[dict[str, Any]] = queue.Queue(maxsize)
         self._todo: deque[dict[str, Any]] = deque()  # taken from the queue, not yet sent
         self._seq = 0  # of the last record taken
@@ -180,6 +181,8 @@ class Writer:
             self._loop()
         except Exception:  # a bug here must not pass silently, nor take the sweep down
             log.exception("MLflow writer stopped; %d records not sent", self.pending)
+        finally:
+            self.cpu_s = time.thread_time()  # this thread's: what tracking cost the machine
 
     def _loop(self) -> None:
         tries, outage_since = 0, 0.0

@@ -84,3 +84,11 @@ def test_summary_states_the_wall_time_against_the_ideal():
     assert first == ("gradtune sweep 'quickstart': 3 trials in 46s; 1.15x the ideal 40s "
                      "(trials' compute 80s over 2 workers)")
     assert summary.render(sweep_result(Ledger())).splitlines()[1] == "gradtune sweep 'quickstart': 0 trials in 12s"
+
+
+def test_summary_states_what_tracking_and_the_report_cost():
+    result = sweep_result(Ledger())
+    result.tracking_s = 2.5
+    assert "  MLflow tracking and the report took 2.5s (5.0% of the wall)" in summary.render(result, wall=50.0)
+    result.tracking_s = 0.0
+    assert "MLflow tracking" not in summary.render(result, wall=50.0)

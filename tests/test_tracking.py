@@ -130,6 +130,9 @@ def test_a_sweep_as_mlflow_shows_it(tmp_path):
     tracker.on_trial_complete(0, [], boom)
     assert tracker.traces["boom"][:2] == [(10, 2.0), (11, 1e11)] and tracker.traces["boom"][-1] == (16, math.inf)
     assert tracker.finish() == 0
+    # what tracking cost: the callbacks above, and the writer's thread at work on SQLite
+    assert 0 < tracker.busy_s and tracker.busy_s + tracker.writer.cpu_s <= tracker.cost_s
+    assert tracker.writer.cpu_s > 0
 
     client = MlflowClient(uri)
     exp = client.get_experiment(tracker.experiment_id)
