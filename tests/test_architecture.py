@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).resolve().parent.parent / "gradtune"
 
 FLOORS = [
@@ -56,6 +58,7 @@ def test_imports_only_go_down():
             assert FLOOR[dep] < FLOOR[module], f"{path.relative_to(PACKAGE)} imports {dep} from floor {FLOOR[dep]}"
 
 
+@pytest.mark.slow  # a fresh interpreter importing Ray and MLflow
 def test_the_driver_does_not_import_torch():
     """torch costs seconds at every sweep's start; only the workers that train need it."""
     import subprocess

@@ -127,6 +127,7 @@ def test_report_of_an_unknown_experiment_run_or_store_is_one_line_exit_2(in_tmp,
         assert err.startswith(expected) and err.count("\n") == 1
 
 
+@pytest.mark.slow  # renders every figure: seconds
 def test_report_prints_the_table_and_the_files(in_tmp, capsys):
     from tests import _tables
 
