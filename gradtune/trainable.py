@@ -20,7 +20,7 @@ def trainable(config: dict[str, Any], spec_data: dict[str, Any]) -> None:
     import torch
     from ray import tune
 
-    from gradtune import checkpoint, outcome, trial
+    from gradtune import checkpoint, multiseed, outcome, trial
     from gradtune.spec import SweepSpec
 
     spec = SweepSpec.model_validate(spec_data)
@@ -44,4 +44,6 @@ def trainable(config: dict[str, Any], spec_data: dict[str, Any]) -> None:
     if latest is not None:
         with latest.as_directory() as directory:
             resume = checkpoint.load(directory)
-    trial.train(spec, config, report, save=save, resume=resume)
+    # search.seeds > 1: the seeds of the configuration in lockstep, one aggregated report.
+    train = trial.train if spec.search.seeds == 1 else multiseed.train
+    train(spec, config, report, save=save, resume=resume)

@@ -10,11 +10,12 @@ PACKAGE = Path(__file__).resolve().parent.parent / "gradtune"
 
 FLOORS = [
     {"errors", "outcome", "interrupt", "spool", "healthy"},
-    {"params", "credentials", "address", "runview"},
+    {"params", "credentials", "address", "runview", "seeds"},
     {"spec", "attention", "note"},
     {"signals", "search_space", "workloads", "clipping", "telemetry", "precision", "feasibility",
      "writer", "checkpoint", "failure"},
     {"trial", "searcher", "scheduler", "tracking"},
+    {"multiseed"},
     {"trainable"},
     {"progress"},
     {"sweep"},
