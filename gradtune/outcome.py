@@ -240,13 +240,16 @@ class Ledger:
         return sum(finite(r.result.get(SECONDS)) or 0.0 for r in self.records.values())
 
     def best(self, metric: str, mode: str) -> TrialRecord | None:
-        """The completed trial with the best finite ``metric`` (``mode`` min or max)."""
+        """The completed trial with the best finite ``metric`` (``mode`` min or max); with
+        several seeds per trial, among those with the lowest :data:`P_DIVERGED` (a
+        configuration no seed diverged on beats one that is better on its lucky seeds)."""
         done = [r for r in self.records.values()
                 if r.outcome is Outcome.COMPLETED and r.objective(metric) is not None]
         if not done:
             return None
         sign = 1.0 if mode == "min" else -1.0
-        return min(done, key=lambda r: (sign * (r.objective(metric) or 0.0), r.number))
+        return min(done, key=lambda r: (finite(r.result.get(P_DIVERGED)) or 0.0,
+                                        sign * (r.objective(metric) or 0.0), r.number))
 
     def summary(self, metric: str, mode: str, runs: Mapping[str, str] | None = None) -> dict[str, Any]:
         """The sweep summary (``summary.json``): counts and the best trial on top, then

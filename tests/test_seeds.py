@@ -9,7 +9,7 @@ import tempfile
 import pytest
 from optuna.trial import TrialState
 
-from gradtune import checkpoint, multiseed, outcome, searcher, seeds, trial
+from gradtune import checkpoint, multiseed, outcome, progress, searcher, seeds, trial
 from gradtune.outcome import Ledger, Outcome, Verdict
 from gradtune.spec import load
 
@@ -172,3 +172,13 @@ def test_a_seed_that_raises_fails_the_trial_and_stops_the_others():
     with pytest.raises(RuntimeError, match="boom"):
         multiseed.train(edge(0.1), {}, lambda m: None, train_fn=train_fn)
     assert calls == [0, 1]  # seed 2 never started; seed 0 was unwound, not left waiting
+
+
+def test_the_best_trial_is_one_no_seed_diverged_on_when_there_is_one():
+    ledger = Ledger()
+    ledger.end("lucky", {}, {"val_loss": 0.2, "final": 1, "p_diverged": 2 / 3})
+    ledger.end("stable", {}, {"val_loss": 0.4, "final": 1, "p_diverged": 0.0})
+    best = ledger.best("val_loss", "min")
+    assert best is not None and best.trial_id == "stable"
+    record = ledger.records["lucky"]
+    assert progress.line(record, 1, 2, "val_loss").endswith("val_loss=0.2 p_diverged=0.67")
