@@ -9,7 +9,7 @@ import tempfile
 import pytest
 from optuna.trial import TrialState
 
-from gradtune import checkpoint, multiseed, outcome, progress, searcher, seeds, trial
+from gradtune import checkpoint, multiseed, note, outcome, progress, searcher, seeds, trial
 from gradtune.outcome import Ledger, Outcome, Verdict
 from gradtune.spec import load
 
@@ -182,3 +182,16 @@ def test_the_best_trial_is_one_no_seed_diverged_on_when_there_is_one():
     assert best is not None and best.trial_id == "stable"
     record = ledger.records["lucky"]
     assert progress.line(record, 1, 2, "val_loss").endswith("val_loss=0.2 p_diverged=0.67")
+
+
+def test_the_parent_note_lists_the_configurations_some_seeds_diverged_on():
+    ledger = Ledger()
+    bad = rep(7, math.nan, diverged=True)
+    good = rep(60, 0.4, final=True)
+    lucky = seeds.aggregate({1: good}, {0: bad, 1: good}, 2, "val_loss", "min", "mean")
+    ledger.end("lucky", {"lr": 0.4}, lucky)
+    ledger.end("stable", {"lr": 0.1}, {"val_loss": 0.5, "final": 1, "p_diverged": 0.0})
+    assert note.stable_region(ledger, ["lr"]) == [("lr", "0.1", "-")]
+    text = note.render(ledger, "s", "val_loss", "min", ["lr"], {}, None)
+    assert "### Some seeds diverged" in text and "| 0 | completed | 0.5 | seed 0 at step 7 |" in text
+    assert "Some seeds" not in note.render(Ledger(), "s", "val_loss", "min", ["lr"], {}, None)
