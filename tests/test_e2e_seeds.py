@@ -9,7 +9,7 @@ import math
 import pytest
 from mlflow.tracking import MlflowClient
 
-from gradtune import sweep
+from gradtune import note, sweep
 
 pytestmark = pytest.mark.e2e
 
@@ -50,6 +50,10 @@ def test_three_seeds_per_configuration_log_p_diverged_and_each_seed(ray_session,
     assert over.data.metrics["p_diverged"] == 1.0
     assert over.data.tags["gradtune.divergence_reason"].startswith("every seed diverged (3 of 3)")
     assert all(over.data.tags[f"gradtune.seed{i}"].startswith("diverged") for i in range(3))
+
+    parent = client.get_run(result.parent_run_id)
+    assert "### Some seeds diverged" in parent.data.tags[note.NOTE_TAG]
+    assert parent.data.metrics["trials_completed"] == 1 and parent.data.metrics["trials_diverged"] == 1
 
     # summary.json keeps each seed's outcome
     path = client.download_artifacts(result.parent_run_id, "summary.json")
