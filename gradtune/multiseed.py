@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from gradtune import checkpoint, outcome, seeds, trial
 from gradtune.spec import SweepSpec
@@ -33,6 +33,22 @@ log = logging.getLogger(__name__)
 
 KIND = "seeds"  # the kind of a multi-seed trial's checkpoint state
 TrainFn = Callable[..., dict[str, Any]]  # trial.train's signature
+
+
+class Runner(Protocol):
+    """One seed's loop as the trial drives it: :class:`_Seed` (a thread of this process) or
+    ``seedactor.RemoteSeed`` (a Ray actor, in parallel)."""
+
+    index: int
+    state: dict[str, Any] | None
+    ended: bool
+
+    def start(self) -> None: ...
+    def advance(self) -> dict[str, Any] | None: ...
+    def cancel(self) -> None: ...
+
+
+MakeRunner = Callable[[int, SweepSpec, dict[str, Any], TrainFn, bool, "dict[str, Any] | None"], Runner]
 
 
 class _Cancelled(BaseException):
@@ -87,6 +103,9 @@ class _Seed:
             raise _Cancelled
         checkpoint.set_rng_state(self._rng)
 
+    def start(self) -> None:
+        self.thread.start()
+
     def advance(self) -> dict[str, Any] | None:
         """Run the seed to its next report and return it; ``None`` when the loop ended
         without another. A seed's exception is raised here."""
@@ -100,7 +119,8 @@ class _Seed:
     def cancel(self) -> None:
         self.cancelled = True
         self._go.release()
-        self.thread.join()
+        if self.thread.ident is not None:  # started
+            self.thread.join()
 
 
 def seed_spec(spec: SweepSpec, index: int) -> SweepSpec:
@@ -110,11 +130,15 @@ def seed_spec(spec: SweepSpec, index: int) -> SweepSpec:
 
 
 def train(spec: SweepSpec, config: dict[str, Any], report: trial.Report, save: trial.Save | None = None,
-          resume: Mapping[str, Any] | None = None, train_fn: TrainFn = trial.train) -> dict[str, Any]:
+          resume: Mapping[str, Any] | None = None, train_fn: TrainFn = trial.train,
+          remote: MakeRunner | None = None) -> dict[str, Any]:
     """Train ``config`` with ``spec.search.seeds`` seeds in lockstep (the module
     docstring); ``report``, ``save`` and ``resume`` as in :func:`trial.train`, with the
     aggregated reports (:func:`seeds.aggregate`) and a checkpoint state of all the seeds
-    (``resume``: one that this function saved). Returns the last report."""
+    (``resume``: one that this function saved). Returns the last report.
+
+    ``remote`` (``seedactor.RemoteSeed``) runs seeds 1 to N-1 in parallel, each in a
+    process of its own, while this one trains seed 0; the reports are the same."""
     n = spec.search.seeds
     finals: dict[int, dict[str, Any]] = {}
     states: dict[int, dict[str, Any]] = {}
@@ -123,13 +147,16 @@ def train(spec: SweepSpec, config: dict[str, Any], report: trial.Report, save: t
             raise ValueError(f"a checkpoint of a {n}-seed trial was expected, but got one of one seed")
         finals = {int(i): dict(r) for i, r in resume["ended"].items()}
         states = {int(i): s for i, s in resume["seeds"].items()}
-    runners = [_Seed(i, seed_spec(spec, i), config, train_fn, save is not None, states.get(i))
-               for i in range(n) if i not in finals]
-    for runner in runners:
-        runner.thread.start()
+    runners: list[Runner] = []
     last: dict[str, Any] = {}
     s = spec.search
     try:
+        for i in range(n):
+            if i not in finals:
+                make: MakeRunner = _Seed if remote is None or i == 0 else remote
+                runners.append(make(i, seed_spec(spec, i), config, train_fn, save is not None, states.get(i)))
+        for runner in runners:
+            runner.start()
         live = list(runners)
         while live:
             round_: dict[int, dict[str, Any]] = {}

@@ -51,6 +51,16 @@ def degree(p: float | None) -> float:
     return value if value is not None and value > 0 else -1.0
 
 
+def parallel(seeds: int, trials: int, need: Mapping[str, float], cluster: Mapping[str, float]) -> bool:
+    """Whether each trial's ``seeds`` train in parallel, each with ``need`` (resources per
+    seed, e.g. ``{"CPU": 1}``): when the ``cluster``'s totals hold ``trials`` such trials at
+    once (the concurrency limit, or fewer trials). Otherwise the seeds take turns in one
+    trial's resources, and the cluster's room goes to more trials at once."""
+    if seeds <= 1:
+        return False
+    return all(cluster.get(k, 0.0) >= trials * seeds * v for k, v in need.items() if v > 0)
+
+
 def objective(values: list[float], mode: str, how: str) -> float:
     """The objective over the seeds that did not diverge: their ``mean`` or their ``worst``
     (the largest for ``mode`` min, the smallest for max); NaN for no values (every seed

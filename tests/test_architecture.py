@@ -15,7 +15,7 @@ FLOORS = [
     {"signals", "search_space", "workloads", "clipping", "telemetry", "precision", "feasibility",
      "writer", "checkpoint", "failure"},
     {"trial", "searcher", "scheduler", "tracking"},
-    {"multiseed"},
+    {"multiseed", "seedactor"},
     {"trainable"},
     {"progress"},
     {"sweep"},

@@ -14,10 +14,13 @@ from gradtune import note, sweep
 pytestmark = pytest.mark.e2e
 
 
-def test_three_seeds_per_configuration_log_p_diverged_and_each_seed(ray_session, tiny_spec):
+@pytest.mark.parametrize("cpu", [1.0, 0.25])
+def test_three_seeds_per_configuration_log_p_diverged_and_each_seed(ray_session, tiny_spec, cpu):
     """lr 0.4 and 0.8 on a plain depth-10 MLP with SGD momentum 0.9 (measured: at 0.4 seed 0
-    diverges, seeds 1-2 train; at 0.8 all three diverge)."""
+    diverges, seeds 1-2 train; at 0.8 all three diverge). With 1 CPU per trial the 2 CPUs
+    hold no 3-seed trial at once: the seeds take turns; with 0.25 they train in parallel."""
     spec = tiny_spec(**{
+        "resources.cpu": cpu,
         "name": "e2e-seeds",
         "search.sampler": "grid",
         "search.seeds": 3,
@@ -29,6 +32,7 @@ def test_three_seeds_per_configuration_log_p_diverged_and_each_seed(ray_session,
         "training.report_every": 5,
         "divergence.cohort_factor": None,
     })
+    assert sweep._parallel_seeds(spec, ray_session.cluster_resources()) is (cpu < 1)
     result = sweep.run(spec, verbose=0)
     client = MlflowClient(result.tracking_uri)
     by_lr = {r.params["lr"]: r for r in result.trials}
@@ -60,3 +64,36 @@ def test_three_seeds_per_configuration_log_p_diverged_and_each_seed(ray_session,
     with open(path) as f:
         trials = json.load(f)["trials"]
     assert sorted(len(t["result"]["seed_outcomes"]) for t in trials) == [3, 3]
+
+
+def test_seeds_in_actors_report_what_the_lockstep_seeds_do(ray_session):
+    """seedactor.RemoteSeed trains seeds 1 and 2 in processes of their own, beside seed 0
+    here: the same reports, checkpoints and resumption as the lockstep mode."""
+    import tempfile
+
+    from gradtune import checkpoint, multiseed
+    from gradtune.seedactor import RemoteSeed
+    from gradtune.spec import load
+
+    spec = load(None, {"training.steps": 60, "training.report_every": 5, "training.checkpoint_every": 20,
+                       "training.optimizer": {"name": "sgd", "lr": 0.4, "momentum": 0.9},
+                       "workload.options": {"depth": 10, "width": 32, "activation": "relu"},
+                       "search.seeds": 3, "resources.cpu": 0.5})
+    config = {"norm": "none", "clip_method": "none", "init_scale": 1.0, "batch_size": 32}
+    states: list[dict] = []
+
+    def run(remote, resume=None):
+        out: list[dict] = []
+
+        def save(metrics, state):
+            out.append(metrics)
+            with tempfile.TemporaryDirectory() as directory:
+                checkpoint.save(state, directory)
+                states.append(checkpoint.load(directory))
+
+        multiseed.train(spec, config, out.append, save=save, resume=resume, remote=remote)
+        return out
+
+    alone = run(None)
+    assert run(RemoteSeed) == alone
+    assert run(RemoteSeed, resume=states[-1]) == [r for r in alone if r["step"] > states[-1]["step"]]

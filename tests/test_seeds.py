@@ -56,6 +56,12 @@ def test_some_seeds_diverged_is_completed_with_p_diverged_visible():
     assert seeds.tags({"val_loss": 1.0}, Outcome.COMPLETED) == {}  # one seed: no seed tags
 
 
+@pytest.mark.parametrize(("seeds_", "cpus", "parallel"), [(1, 64, False), (3, 6, True), (3, 5, False)])
+def test_seeds_train_in_parallel_only_when_the_cluster_holds_every_trial_at_once(seeds_, cpus, parallel):
+    assert seeds.parallel(seeds_, 2, {"CPU": 1.0}, {"CPU": cpus}) is parallel
+    assert seeds.parallel(3, 2, {"CPU": 1.0, "GPU": 0.5}, {"CPU": 64, "GPU": 2}) is False
+
+
 @pytest.mark.parametrize(("p", "told"), [(None, -1.0), (0.0, -1.0), (math.nan, -1.0), (1 / 3, 1 / 3), (1.0, 1.0)])
 def test_degree(p, told):
     assert seeds.degree(p) == told
