@@ -67,7 +67,8 @@ class RemoteSeed:
         self.ended = False
         r = spec.resources
         actor = ray.remote(SeedLoop).options(num_cpus=r.cpu, num_gpus=r.gpu, max_concurrency=2)
-        self.actor = actor.remote(spec.model_dump(mode="json"), config, saving, resume)
+        # Any: Ray's stubs type a class's handle loosely (ActorHandle | type).
+        self.actor: Any = actor.remote(spec.model_dump(mode="json"), config, saving, resume)
 
     def start(self) -> None:
         """Already started (the actor trains from its construction)."""

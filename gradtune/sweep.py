@@ -397,11 +397,18 @@ def _workers(spec: SweepSpec, cluster: dict[str, float], per_trial: int = 1) -> 
 
 
 def _parallel_seeds(spec: SweepSpec, cluster: dict[str, float]) -> bool:
-    """``search.seeds`` > 1: whether each trial's seeds train in parallel
-    (:func:`seeds.parallel`: the cluster holds ``max_concurrent`` trials of a bundle per seed)."""
+    """Whether each trial's seeds train in parallel: ``resources.parallel_seeds`` asks for
+    it, ``search.seeds`` > 1, and the cluster holds ``max_concurrent`` trials of a bundle
+    per seed (:func:`seeds.parallel`); else the seeds take turns, which is logged."""
     s = spec.search
+    if not spec.resources.parallel_seeds or s.seeds == 1:
+        return False
     at_once = s.max_concurrent if s.sampler == "grid" else min(s.max_concurrent, s.trials)
-    return seeds.parallel(s.seeds, at_once, _need(spec), cluster)
+    if seeds.parallel(s.seeds, at_once, _need(spec), cluster):
+        return True
+    log.warning("resources.parallel_seeds: the cluster cannot hold %d trials of %d seeds at once; "
+                "each trial's seeds take turns instead", at_once, s.seeds)
+    return False
 
 
 def _need(spec: SweepSpec) -> dict[str, float]:

@@ -17,10 +17,12 @@ pytestmark = pytest.mark.e2e
 @pytest.mark.parametrize("cpu", [1.0, 0.25])
 def test_three_seeds_per_configuration_log_p_diverged_and_each_seed(ray_session, tiny_spec, cpu):
     """lr 0.4 and 0.8 on a plain depth-10 MLP with SGD momentum 0.9 (measured: at 0.4 seed 0
-    diverges, seeds 1-2 train; at 0.8 all three diverge). With 1 CPU per trial the 2 CPUs
-    hold no 3-seed trial at once: the seeds take turns; with 0.25 they train in parallel."""
+    diverges, seeds 1-2 train; at 0.8 all three diverge). Parallel seeds asked for: with 1
+    CPU per seed the 2 CPUs cannot hold 2 such trials and the seeds take turns; with 0.25
+    seeds 1-2 train in actors of their own."""
     spec = tiny_spec(**{
         "resources.cpu": cpu,
+        "resources.parallel_seeds": True,
         "name": "e2e-seeds",
         "search.sampler": "grid",
         "search.seeds": 3,

@@ -62,6 +62,17 @@ def test_seeds_train_in_parallel_only_when_the_cluster_holds_every_trial_at_once
     assert seeds.parallel(3, 2, {"CPU": 1.0, "GPU": 0.5}, {"CPU": 64, "GPU": 2}) is False
 
 
+def test_parallel_seeds_are_asked_for_and_need_room():
+    from gradtune import sweep
+
+    cluster = {"CPU": 64.0}
+    assert not sweep._parallel_seeds(load(None, {"search.seeds": 3}), cluster)  # not asked for
+    asked = {"search.seeds": 3, "resources.parallel_seeds": True}
+    assert sweep._parallel_seeds(load(None, asked), cluster)
+    assert not sweep._parallel_seeds(load(None, asked), {"CPU": 5.0})  # 2 trials x 3 seeds
+    assert not sweep._parallel_seeds(load(None, {"resources.parallel_seeds": True}), cluster)
+
+
 @pytest.mark.parametrize(("p", "told"), [(None, -1.0), (0.0, -1.0), (math.nan, -1.0), (1 / 3, 1 / 3), (1.0, 1.0)])
 def test_degree(p, told):
     assert seeds.degree(p) == told

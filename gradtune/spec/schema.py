@@ -166,6 +166,9 @@ class ResourcesSpec(_Frozen):
     cpu: float = Field(default=1.0, gt=0)
     gpu: float = Field(default=0.0, ge=0)
     max_failures: int = Field(default=2, ge=0)  # retries of a failed trial, from its last checkpoint
+    # search.seeds > 1: seeds 1..N-1 of a trial in Ray actors of their own, each with cpu/gpu,
+    # where the cluster holds max_concurrent such trials; else (and by default) they take turns.
+    parallel_seeds: bool = False
 
 
 class TrackingSpec(_Frozen):
