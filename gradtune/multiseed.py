@@ -11,8 +11,12 @@ runs at a time; a seed hands over at each report (a baton), keeping the global r
 generators of its own across the hand-over, so seed ``i`` trains exactly as a one-seed
 trial with ``training.seed + i`` would (tests/test_seeds.py checks it on CPU). The seeds
 take turns on the trial's CPUs or GPU share: N seeds cost N times one seed's compute, with
-no extra resources reserved and no processes started. A seed's divergence verdict ends
-that seed's loop at once (no compute after it) while the others go on.
+no extra resources reserved and no processes started. With ``resources.parallel_seeds``
+(and room in the cluster) seeds 1 to N-1 run in Ray actors instead
+(:class:`gradtune.seedactor.RemoteSeed`, passed as ``remote``), each a report ahead at
+most, while this process trains seed 0: the same reports, sooner where cores are free. A
+seed's divergence verdict ends that seed's loop at once (no compute after it) while the
+others go on.
 
 Checkpoints: when every live seed reached a checkpoint step (each through
 :func:`trial.train`'s own ``save``), the trial saves one state holding each live seed's
