@@ -15,10 +15,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gradtune.credentials import redact
-from gradtune.outcome import Ledger, Outcome, TrialRecord, finite
+from gradtune.outcome import P_DIVERGED, SEEDS, Ledger, Outcome, TrialRecord, finite
 
 __all__ = ["BEST", "LOCAL_UI", "NOTE_TAG", "best_metrics", "reason_kind", "render", "stable_region",
-           "ui_link"]
+           "ui_link", "unstable_seeds"]
 
 NOTE_TAG = "mlflow.note.content"  # what the UI shows as the run's description
 # An experiment tag MLflow 2.x-3.x UIs read to pick the experiment's kind (GenAI or ML).
@@ -69,10 +69,28 @@ def _values(records: Sequence[TrialRecord], knob: str) -> str:
 
 def stable_region(ledger: Ledger, knobs: Sequence[str]) -> list[tuple[str, str, str]]:
     """For each searched knob: (knob, its range or values among completed trials, among
-    diverged ones); ``-`` where there is none."""
-    done = [r for r in ledger.ordered() if r.outcome is Outcome.COMPLETED]
+    diverged ones); ``-`` where there is none. With several seeds per trial, a completed
+    trial counts only when none of its seeds diverged (:func:`unstable_seeds` lists the rest)."""
+    done = [r for r in ledger.ordered() if r.outcome is Outcome.COMPLETED and not _p(r)]
     diverged = [r for r in ledger.ordered() if r.outcome is Outcome.DIVERGED]
     return [(k, _values(done, k), _values(diverged, k)) for k in knobs]
+
+
+def _p(record: TrialRecord) -> float:
+    return finite(record.result.get(P_DIVERGED)) or 0.0
+
+
+def unstable_seeds(ledger: Ledger) -> list[str]:
+    """Markdown rows for the trials on which some but not all seeds diverged
+    (``search.seeds`` > 1): trial number, P(diverged), each diverged seed's step."""
+    rows = []
+    for record in ledger.ordered():
+        if 0 < _p(record) < 1:
+            seeds = record.result.get(SEEDS) or []
+            steps = ", ".join(f"seed {r[0]} at step {r[2]}" for r in seeds
+                              if isinstance(r, list) and len(r) == 4 and r[1] == Outcome.DIVERGED.value)
+            rows.append(f"| {record.number} | {record.outcome.value} | {_p(record):.2g} | {_cell(steps)} |")
+    return rows
 
 
 def _reasons(ledger: Ledger) -> list[tuple[str, int, int]]:
@@ -125,5 +143,9 @@ def render(ledger: Ledger, name: str, metric: str, mode: str, knobs: Sequence[st
     if region:
         lines += ["", "### Stable region", "| knob | completed | diverged |", "| --- | --- | --- |"]
         lines += [f"| {_cell(k)} | {_cell(c)} | {_cell(d)} |" for k, c, d in region]
+    unstable = unstable_seeds(ledger)
+    if unstable:
+        lines += ["", "### Some seeds diverged", "| trial | outcome | p_diverged | diverged |",
+                  "| ---: | --- | ---: | --- |", *unstable]
     text = "\n".join(lines) + "\n"
     return text if len(text) <= MAX_NOTE else text[: MAX_NOTE - 4] + "\n..."

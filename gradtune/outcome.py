@@ -29,7 +29,13 @@ from typing import Any
 
 
 class Outcome(str, Enum):
-    """How a trial ended. MLflow tag ``gradtune.outcome`` holds the value."""
+    """How a trial ended. MLflow tag ``gradtune.outcome`` holds the value.
+
+    A trial of several training seeds (``search.seeds: N``, :mod:`gradtune.seeds`) is one
+    trial: ``diverged`` when every seed diverged, else ``completed`` (or ``pruned``,
+    ``failed``) as for one seed, with the share of its seeds that diverged in
+    :data:`P_DIVERGED` (> 0 means the configuration is unstable for some seeds).
+    """
 
     COMPLETED = "completed"  # reached its last step without a verdict
     DIVERGED = "diverged"  # a divergence verdict, in the trial or on the driver
@@ -67,6 +73,11 @@ HEALTHY_STEP = "healthy_checkpoint_step"
 WINDOW = "last_steps"
 WINDOW_METRICS: tuple[str, ...] = ("train_loss", "grad_norm", "update_ratio")
 MAX_WINDOW = 200  # steps kept at most
+# A trial of N training seeds (search.seeds > 1): the share of its seeds that diverged so
+# far (a metric, 0..1), and each seed's ``[index, outcome, step, reason]`` (outcome
+# ``completed``, ``diverged`` or ``running``; a list, as WINDOW).
+P_DIVERGED = "p_diverged"
+SEEDS = "seed_outcomes"
 
 # The metrics a trial reports (README "What each trial reports"); NaN and inf as measured.
 METRICS: tuple[str, ...] = (
@@ -79,10 +90,11 @@ ATTN_LOGIT_MAX = "attn_logit_max"  # largest pre-softmax attention logit of the 
 ATTN_ENTROPY_MIN = "attn_entropy_min"  # smallest per-head mean attention entropy (nats)
 SIGNALS: tuple[str, ...] = (ATTN_LOGIT_MAX, ATTN_ENTROPY_MIN)
 # Reported numbers that are not per-step metrics (``diverged`` is: a 0/1 curve).
-NOT_METRICS = frozenset({STEP, FINAL, DIVERGENCE_STEP, NODE_ID, HEALTHY_STEP, WINDOW, "trial_id", "done"})
+NOT_METRICS = frozenset({STEP, FINAL, DIVERGENCE_STEP, NODE_ID, HEALTHY_STEP, WINDOW, SEEDS, "trial_id",
+                         "done"})
 # What a trial's record keeps of its last result.
 RECORDED: tuple[str, ...] = (STEP, *METRICS, *SIGNALS, DIVERGED, REASON, DIVERGENCE_STEP, FINAL, NODE_ID,
-                             SECONDS)
+                             SECONDS, P_DIVERGED, SEEDS)
 
 
 @dataclass(frozen=True)
@@ -228,13 +240,16 @@ class Ledger:
         return sum(finite(r.result.get(SECONDS)) or 0.0 for r in self.records.values())
 
     def best(self, metric: str, mode: str) -> TrialRecord | None:
-        """The completed trial with the best finite ``metric`` (``mode`` min or max)."""
+        """The completed trial with the best finite ``metric`` (``mode`` min or max); with
+        several seeds per trial, among those with the lowest :data:`P_DIVERGED` (a
+        configuration no seed diverged on beats one that is better on its lucky seeds)."""
         done = [r for r in self.records.values()
                 if r.outcome is Outcome.COMPLETED and r.objective(metric) is not None]
         if not done:
             return None
         sign = 1.0 if mode == "min" else -1.0
-        return min(done, key=lambda r: (sign * (r.objective(metric) or 0.0), r.number))
+        return min(done, key=lambda r: (finite(r.result.get(P_DIVERGED)) or 0.0,
+                                        sign * (r.objective(metric) or 0.0), r.number))
 
     def summary(self, metric: str, mode: str, runs: Mapping[str, str] | None = None) -> dict[str, Any]:
         """The sweep summary (``summary.json``): counts and the best trial on top, then

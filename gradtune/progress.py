@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 from ray.tune import Callback
 
-from gradtune.outcome import Ledger, Outcome, TrialRecord
+from gradtune.outcome import P_DIVERGED, Ledger, Outcome, TrialRecord
 from gradtune.params import trial_params
 from gradtune.spec import SweepSpec
 from gradtune.tracking import run_name
@@ -32,6 +32,9 @@ def line(record: TrialRecord, done: int, total: int, metric: str,
         tail = f"  {metric}={shown}"
         if record.outcome is Outcome.PRUNED:
             tail += f" at step {record.result.get('step', '?')}"
+        p = record.result.get(P_DIVERGED)  # several seeds: the share that diverged
+        if isinstance(p, (int, float)) and p > 0:
+            tail += f" p_diverged={p:.2g}"
     so_far = ", ".join(f"{n} {o}" for o, n in (counts or {}).items() if n)
     return head + tail + (f"  | {so_far}" if so_far else "")
 

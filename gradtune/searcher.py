@@ -15,6 +15,11 @@ region keeps being sampled. :class:`DivergenceAwareSearch` tells every outcome i
 
 Intermediate results with NaN/inf objectives are not reported to Optuna.
 
+A configuration trained with several seeds (``search.seeds``) is one trial: when some but
+not all of its seeds diverged (``p_diverged`` in its result), it is told as completed or
+pruned with its objective over the other seeds, and constraint ``p_diverged`` (violated,
+by that degree: :func:`gradtune.seeds.degree`) instead of ``-1``.
+
 TPE alone still proposes the unstable edge next to its best trials, so gradtune's TPE is
 wrapped in :class:`gradtune.feasibility.FeasibleSampler`, which screens its proposals with
 a classifier of which configurations diverged.
@@ -32,9 +37,11 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+from gradtune import outcome
 from gradtune.feasibility import FeasibleSampler
 from gradtune.outcome import Ledger, Outcome
 from gradtune.search_space import define_by_run, grid_points
+from gradtune.seeds import degree
 from gradtune.spec import SweepSpec
 
 log = logging.getLogger(__name__)
@@ -79,6 +86,7 @@ class DivergenceAwareSearch(OptunaSearch):
         raw = (result or {}).get(self._metric)  # type: ignore[arg-type]
         value = float(raw) if isinstance(raw, (int, float)) else math.nan
         ended = self.ledger.outcome(trial_id, result, errored=error)
+        violated = degree((result or {}).get(outcome.P_DIVERGED))  # -1: no seed diverged
         if ended is Outcome.FAILED:
             study.tell(ot_trial, state=TrialState.FAIL)
         elif ended is Outcome.DIVERGED:
@@ -87,14 +95,14 @@ class DivergenceAwareSearch(OptunaSearch):
             study.tell(ot_trial, self._worst if self._worst is not None else fallback,
                        state=TrialState.COMPLETE)
         elif ended is Outcome.COMPLETED and math.isfinite(value):
-            ot_trial.set_constraint(CONSTRAINT, -1.0)
+            ot_trial.set_constraint(CONSTRAINT, violated)
             study.tell(ot_trial, value, state=TrialState.COMPLETE)
             self._note_worst(value)
         else:
             # Stopped early for performance (or a final objective that is not finite, which
             # the scheduler stops as diverged first): Optuna's PRUNED, ranked by its last
             # intermediate value (reported in on_trial_result).
-            ot_trial.set_constraint(CONSTRAINT, -1.0)
+            ot_trial.set_constraint(CONSTRAINT, violated)
             study.tell(ot_trial, state=TrialState.PRUNED)
         self._completed_trials.add(trial_id)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO, TypeVar
 
 from gradtune import address as cluster
-from gradtune import credentials, healthy, report, searcher, table, tracking
+from gradtune import credentials, healthy, report, searcher, seeds, table, tracking
 from gradtune import scheduler as sched
 from gradtune.errors import GradtuneError
 from gradtune.interrupt import Interrupt
@@ -150,14 +150,17 @@ def _execute(spec: SweepSpec, path: str, parent_id: str | None, address: str | N
         raise
     interrupt.install()  # again: ray.init replaced the SIGTERM handler
     status, pending = "FAILED", 0
-    workers = _workers(spec, ray.cluster_resources())  # type: ignore[no-untyped-call]
+    resources = ray.cluster_resources()  # type: ignore[no-untyped-call]
+    parallel = _parallel_seeds(spec, resources)
+    workers = _workers(spec, resources, spec.search.seeds if parallel else 1)
     try:
         scheduler = sched.DivergenceScheduler(shown, ledger=ledger)
         own_search, num_trials = searcher.make(shown, ledger)
         search = own_search if search is None else search
         trainable = tune.with_resources(
-            tune.with_parameters(trainable_fn, spec_data=shown.model_dump(mode="json")),
-            {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
+            tune.with_parameters(trainable_fn, spec_data=shown.model_dump(mode="json"),
+                                 parallel_seeds=parallel),
+            _trial_resources(spec, parallel),
         )
         # Tune's own result.json and progress.csv per trial, but not its TensorBoard
         # logger: it imports torch (through tensorboardX) into the driver, seconds at every
@@ -405,14 +408,44 @@ def _without_env(names: tuple[str, ...]) -> Iterator[None]:
         os.environ.update(saved)
 
 
-def _workers(spec: SweepSpec, cluster: dict[str, float]) -> int:
+def _workers(spec: SweepSpec, cluster: dict[str, float], per_trial: int = 1) -> int:
     """How many trials can run at once: the concurrency limit, and what the cluster's
-    CPUs (and GPUs, when trials ask for them) hold."""
+    CPUs (and GPUs, when trials ask for them) hold, ``per_trial`` bundles per trial."""
     limits = [spec.search.max_concurrent]
     for name, need in (("CPU", spec.resources.cpu), ("GPU", spec.resources.gpu)):
         if need > 0:
-            limits.append(int(cluster.get(name, 0.0) // need))
+            limits.append(int(cluster.get(name, 0.0) // (need * per_trial)))
     return max(1, min(limits))
+
+
+def _parallel_seeds(spec: SweepSpec, cluster: dict[str, float]) -> bool:
+    """Whether each trial's seeds train in parallel: ``resources.parallel_seeds`` asks for
+    it, ``search.seeds`` > 1, and the cluster holds ``max_concurrent`` trials of a bundle
+    per seed (:func:`seeds.parallel`); else the seeds take turns, which is logged."""
+    s = spec.search
+    if not spec.resources.parallel_seeds or s.seeds == 1:
+        return False
+    at_once = s.max_concurrent if s.sampler == "grid" else min(s.max_concurrent, s.trials)
+    if seeds.parallel(s.seeds, at_once, _need(spec), cluster):
+        return True
+    log.warning("resources.parallel_seeds: the cluster cannot hold %d trials of %d seeds at once; "
+                "each trial's seeds take turns instead", at_once, s.seeds)
+    return False
+
+
+def _need(spec: SweepSpec) -> dict[str, float]:
+    return {k: v for k, v in (("CPU", spec.resources.cpu), ("GPU", spec.resources.gpu)) if v > 0}
+
+
+def _trial_resources(spec: SweepSpec, parallel: bool) -> Any:
+    """A trial's resources: ``resources`` once, or with parallel seeds a placement group of
+    a bundle per seed (the trial's process trains seed 0 in the first; Tune places the
+    trial's seed actors in the others), packed on as few nodes as fit."""
+    if not parallel:
+        return {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+    from ray import tune
+
+    return tune.PlacementGroupFactory([_need(spec)] * spec.search.seeds, strategy="PACK")
 
 
 def _check_resources(spec: SweepSpec, nodes: list[dict[str, Any]]) -> None:

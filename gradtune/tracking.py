@@ -32,7 +32,7 @@ from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
-from gradtune import failure, note, outcome
+from gradtune import failure, note, outcome, seeds
 from gradtune import spec as spec_mod
 from gradtune.credentials import redact
 from gradtune.outcome import Ledger, TrialRecord
@@ -342,6 +342,8 @@ def end_tags(record: TrialRecord) -> list[RunTag]:
     node = record.result.get(outcome.NODE_ID)
     if node:
         tags.append(RunTag("gradtune.node_id", str(node)))
+    # search.seeds > 1: P(diverged) and each seed's outcome (step and reason if it diverged).
+    tags += [RunTag(k, v) for k, v in seeds.tags(record.result, record.outcome).items()]
     return tags
 
 

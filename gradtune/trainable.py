@@ -12,15 +12,17 @@ import tempfile
 from typing import Any
 
 
-def trainable(config: dict[str, Any], spec_data: dict[str, Any]) -> None:
+def trainable(config: dict[str, Any], spec_data: dict[str, Any], parallel_seeds: bool = False) -> None:
     """The Ray Tune function trainable: ``tune.with_parameters(trainable, spec_data=...)``.
     Reports carry ``node_id``; every ``training.checkpoint_every`` steps a report carries
-    a checkpoint; a retried trial goes on from the last checkpoint it reported."""
+    a checkpoint; a retried trial goes on from the last checkpoint it reported.
+    ``search.seeds`` > 1: :func:`gradtune.multiseed.train`, with ``parallel_seeds`` seeds 1
+    to N-1 in actors of their own (the trial's placement group has a bundle per seed)."""
     import ray
     import torch
     from ray import tune
 
-    from gradtune import checkpoint, outcome, trial
+    from gradtune import checkpoint, multiseed, outcome, trial
     from gradtune.spec import SweepSpec
 
     spec = SweepSpec.model_validate(spec_data)
@@ -44,4 +46,13 @@ def trainable(config: dict[str, Any], spec_data: dict[str, Any]) -> None:
     if latest is not None:
         with latest.as_directory() as directory:
             resume = checkpoint.load(directory)
-    trial.train(spec, config, report, save=save, resume=resume)
+    # search.seeds > 1: the seeds of the configuration in lockstep, one aggregated report.
+    if spec.search.seeds == 1:
+        trial.train(spec, config, report, save=save, resume=resume)
+        return
+    remote = None
+    if parallel_seeds:
+        from gradtune.seedactor import RemoteSeed
+
+        remote = RemoteSeed
+    multiseed.train(spec, config, report, save=save, resume=resume, remote=remote)

@@ -12,11 +12,12 @@ PACKAGE = Path(__file__).resolve().parent.parent / "gradtune"
 
 FLOORS = [
     {"errors", "outcome", "interrupt", "spool", "healthy"},
-    {"params", "credentials", "address", "runview"},
+    {"params", "credentials", "address", "runview", "seeds"},
     {"spec", "attention", "note"},
     {"signals", "search_space", "workloads", "clipping", "telemetry", "precision", "feasibility",
      "writer", "checkpoint", "failure", "table"},
     {"trial", "searcher", "scheduler", "tracking", "study"},
+    {"multiseed", "seedactor"},
     {"trainable"},
     {"progress", "plots"},
     {"report"},

@@ -132,6 +132,9 @@ def _default_space() -> dict[str, Any]:
     }
 
 
+MAX_SEEDS = 16  # seeds per configuration: they share one trial's resources
+
+
 class SearchSpec(_Frozen):
     sampler: Literal["tpe", "random", "grid"] = "tpe"
     trials: int = Field(default=24, gt=0)
@@ -140,6 +143,11 @@ class SearchSpec(_Frozen):
     mode: Literal["min", "max"] = "min"
     seed: int | None = None  # None: training.seed
     space: dict[str, Dimension] = Field(default_factory=_default_space)
+    # Training seeds per configuration (training.seed + i), run in one trial in lockstep
+    # (gradtune.multiseed); 1: one seed, exactly as without the key.
+    seeds: int = Field(default=1, ge=1, le=MAX_SEEDS)
+    # The objective over the seeds that did not diverge: their mean, or the worst of them.
+    seed_aggregate: Literal["mean", "worst"] = "mean"
 
     @model_validator(mode="after")
     def _check_space(self) -> SearchSpec:
@@ -158,6 +166,9 @@ class ResourcesSpec(_Frozen):
     cpu: float = Field(default=1.0, gt=0)
     gpu: float = Field(default=0.0, ge=0)
     max_failures: int = Field(default=2, ge=0)  # retries of a failed trial, from its last checkpoint
+    # search.seeds > 1: seeds 1..N-1 of a trial in Ray actors of their own, each with cpu/gpu,
+    # where the cluster holds max_concurrent such trials; else (and by default) they take turns.
+    parallel_seeds: bool = False
 
 
 class TrackingSpec(_Frozen):
