@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from gradtune import spec as spec_mod
 from gradtune.credentials import redact
 from gradtune.errors import GradtuneError
-from gradtune.outcome import METRICS, OUTCOMES, SIGNALS, Ledger, TrialRecord, finite
+from gradtune.outcome import METRICS, OUTCOMES, P_DIVERGED, SIGNALS, Ledger, TrialRecord, finite
 from gradtune.params import PARAMS
 from gradtune.spec import Range, SweepSpec
 
@@ -42,7 +42,8 @@ if TYPE_CHECKING:
 __all__ = ["Row", "SweepTable", "from_ledger", "from_mlflow", "latest_sweep"]
 
 TRACE_METRIC = "grad_norm"
-ROW_METRICS: tuple[str, ...] = (*METRICS, *SIGNALS)  # what Row.metrics may hold
+# What Row.metrics may hold (P_DIVERGED: a trial of several seeds, search.seeds)
+ROW_METRICS: tuple[str, ...] = (*METRICS, *SIGNALS, P_DIVERGED)
 
 
 @dataclass(frozen=True)

@@ -96,3 +96,17 @@ def test_optunas_plots_leave_matplotlibs_style_as_it_was():
     before = dict(matplotlib.rcParams)
     plots.all_plots(_tables.sweep(8))
     assert dict(matplotlib.rcParams) == before
+
+
+def test_a_trial_some_seeds_diverged_on_is_drawn_by_its_p_diverged():
+    from dataclasses import replace
+
+    from gradtune.plots._base import colour, group
+
+    swept = _tables.sweep(6)
+    shaky = replace(swept.rows[0], metrics={**swept.rows[0].metrics, "p_diverged": 1 / 3})
+    swept = replace(swept, rows=(shaky, *swept.rows[1:]))
+    assert group(shaky) == "completed, P(diverged)=0.33" and group(swept.rows[3]) == "completed"
+    assert colour(group(shaky)) not in {colour("completed"), colour("diverged")}
+    legend = [t.get_text() for t in plots.stability(swept).png.legends[0].get_texts()]
+    assert "completed, P(diverged)=0.33" in legend and "completed" in legend

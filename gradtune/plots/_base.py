@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import matplotlib
+import matplotlib.colors
 
-from gradtune.outcome import Outcome
+from gradtune.outcome import P_DIVERGED, Outcome
 from gradtune.table import Row, SweepTable
 
 if "matplotlib.pyplot" not in sys.modules:
@@ -43,13 +44,26 @@ def close(plot: Plot) -> None:
 
 
 def colour(outcome: str) -> str:
-    """The outcome's colour; one that is not known yet gets a fixed one of its own."""
+    """The outcome's colour; a trial some seeds diverged on is orange, darker the more did
+    (:func:`group`); one not known yet gets a fixed one of its own."""
+    if ", P(diverged)=" in outcome:
+        p = float(outcome.rsplit("=", 1)[1])
+        return matplotlib.colors.to_hex((1.0, 0.75 - 0.45 * p, 0.2 - 0.2 * p))
     return COLOURS.get(outcome) or OTHER_COLOURS[zlib.crc32(outcome.encode()) % len(OTHER_COLOURS)]
 
 
+def group(row: Row) -> str:
+    """What a trial is drawn as: its outcome, or for a trial of several seeds
+    (``search.seeds``) that some of its seeds diverged on, ``completed, P(diverged)=0.33``."""
+    p = row.metrics.get(P_DIVERGED)
+    if p is not None and 0 < p < 1 and row.outcome != Outcome.DIVERGED.value:
+        return f"{row.outcome}, P(diverged)={p:.2g}"
+    return row.outcome
+
+
 def outcomes(table: SweepTable) -> list[str]:
-    """The outcomes of the table, in order of first appearance."""
-    return list(dict.fromkeys(r.outcome for r in table.rows))
+    """The groups (:func:`group`) of the table, in order of first appearance."""
+    return list(dict.fromkeys(group(r) for r in table.rows))
 
 
 def hover(table: SweepTable, row: Row) -> str:

@@ -1,6 +1,7 @@
 """The stability map: where the edge is. One panel per pair of searched numeric knobs (at
 most :data:`MAX_NUMERIC` knobs; log axes for log ranges, a numeric list's values as ticks),
-one column per value of a categorical knob (``norm`` when searched). Colour = outcome;
+one column per value of a categorical knob (``norm`` when searched). Colour = outcome (for
+a trial of several seeds that some diverged on, orange by P(diverged));
 marker area = objective (larger is better), ``x`` for a trial without a finite objective
 (NaN and inf never reach an axis). A trial without one of the panel's knobs
 (``clip_threshold`` under ``clip_method: none``) is not drawn in that panel, and its title
@@ -19,6 +20,7 @@ from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 from plotly.subplots import make_subplots
 
 from gradtune.plots._base import Plot, colour, hover, outcomes
+from gradtune.plots._base import group as drawn_as
 from gradtune.spec import Range
 from gradtune.table import Row, SweepTable
 
@@ -114,7 +116,7 @@ def _panel(table: SweepTable, pair: tuple[str, str], rows: list[Row], ax: Any, h
     x, y = pair
     shown = [r for r in rows if x in r.params and y in r.params]
     for outcome in outcomes(table):
-        group = [r for r in shown if r.outcome == outcome]
+        group = [r for r in shown if drawn_as(r) == outcome]
         if not group:
             continue
         xs, ys, sizes = [r.params[x] for r in group], [r.params[y] for r in group], _sizes(table, group)
