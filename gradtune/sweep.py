@@ -204,13 +204,18 @@ def _execute(spec: SweepSpec, path: str, parent_id: str | None, address: str | N
         raise
     finally:
         interrupt.uninstall()
-        report_dir, reporting = None, time.monotonic()
-        if status != "FAILED":  # a sweep that ended, or was stopped: report what ended
-            report_dir = _write_report(shown, ledger, tracker, os.path.join(os.path.dirname(spool), "report"))
-        reporting = time.monotonic() - reporting
-        pending = tracker.finish(status, files=report_dir)
-        if own_ray and ray.is_initialized():
-            ray.shutdown()
+        # The report (of what ended, for a sweep that ended or was stopped) is drawn while
+        # Ray shuts down: seconds each, and the report needs no Ray.
+        reporter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gradtune-report")
+        out = os.path.join(os.path.dirname(spool), "report")
+        drawing = reporter.submit(_write_report, shown, ledger, tracker, out) if status != "FAILED" else None
+        reporter.shutdown(wait=False)
+        try:
+            if own_ray and ray.is_initialized():
+                ray.shutdown()
+        finally:
+            report_dir, reporting = drawing.result() if drawing is not None else (None, 0.0)
+            pending = tracker.finish(status, files=report_dir)
     return SweepResult(
         spec=spec, tracking_uri=uri, experiment=spec.experiment, parent_run_id=parent,
         storage=path, ledger=ledger, runs=tracker.run_ids(),
@@ -220,9 +225,12 @@ def _execute(spec: SweepSpec, path: str, parent_id: str | None, address: str | N
     )
 
 
-def _write_report(spec: SweepSpec, ledger: Ledger, tracker: tracking.MLflowTracking, out: str) -> str | None:
-    """The sweep's report (:func:`report.write`) from what the driver holds, into ``out``;
-    ``None`` when it could not be made (logged: a report never fails the sweep)."""
+def _write_report(spec: SweepSpec, ledger: Ledger, tracker: tracking.MLflowTracking,
+                  out: str) -> tuple[str | None, float]:
+    """The sweep's report (:func:`report.write`) from what the driver holds, into ``out``,
+    and the seconds it took; the folder is ``None`` when the report could not be made
+    (logged: a report never fails the sweep)."""
+    started = time.monotonic()
     try:
         rows = table.from_ledger(spec, ledger, tracker.run_ids(), tracker.traces,
                                  experiment=spec.experiment, experiment_id=tracker.experiment_id,
@@ -230,8 +238,8 @@ def _write_report(spec: SweepSpec, ledger: Ledger, tracker: tracking.MLflowTrack
         report.write(rows, out)
     except Exception:
         log.warning("the sweep's report could not be written", exc_info=True)
-        return None
-    return out
+        return None, time.monotonic() - started
+    return out, time.monotonic() - started
 
 
 STORE_HEAD_START_S = 1.0  # how long the store check runs alone before Ray starts
