@@ -30,6 +30,7 @@ step) nor with a verdict.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections import deque
@@ -38,7 +39,7 @@ from typing import Any, Protocol
 
 import torch
 
-from gradtune import checkpoint, clipping, healthy, outcome, signals, telemetry, workloads
+from gradtune import checkpoint, clipping, healthy, onset, outcome, rollback, signals, telemetry, workloads
 from gradtune.outcome import Verdict
 from gradtune.params import OPTIMIZERS, trial_params
 from gradtune.precision import Precision
@@ -202,23 +203,47 @@ def train(
     last = LastSteps(last_steps(spec))
     data = checkpoint.Position(wl.train_batches)
     marks = healthy.Marks(spec.divergence.window)
-    every = t.checkpoint_every if save is not None else None
     # Everything that a checkpoint saves; a restore puts it back and the loop goes on.
     state = {"model": model, "optimizer": optimizer, "schedule": schedule, "scaler": amp.scaler,
              "clipper": clip, "judge": judge, "window": window, "val": val, "data": data,
              "marks": marks, "last": last}
+    rescuer = None
+    if spec.divergence.rescue.enabled and t.checkpoint_every:
+        own = (params["clip_method"], params.get("clip_threshold"))
+        rescuer = rollback.Rescuer(spec.divergence.rescue, optimizer, schedule, own)
+        state["rescue"] = rescuer
+    layers = None
+    if spec.divergence.onset:
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        layers = telemetry.LayerNorms([n for n, _ in named], [p for _, p in named], last_steps(spec))
+        state["layers"] = layers
+    every = t.checkpoint_every if (save is not None or rescuer is not None) else None
     start = 1
     if resume is not None:
+        if rescuer is not None and "rescue" in resume["parts"]:
+            rescuer.load_state_dict(resume["parts"]["rescue"])  # its remedies pick the clipper
+            clip = rescuer.apply(clip) or clip
+            state["clipper"] = clip
         start = checkpoint.restore(resume, state) + 1
+        if rescuer is not None:
+            rescuer.apply(clip)  # the restored schedule holds the rates of its own time
         log.info("trial resumed from its checkpoint at step %d", start - 1)
+    # The first verdict, for `gradtune replay` (outcome.REPLAY); a rescue keeps it.
+    replay: str | None = rescuer.replay if rescuer is not None else None
+    pending_onset: str | None = None  # a rescued verdict's onset, for the next report
 
-    for step in range(start, t.steps + 1):
+    step = start
+    while step <= t.steps:
+        for _ in range(rescuer.skip(step) if rescuer is not None else 0):
+            next(data)  # the skip remedy: batches the diverging attempt saw last
         x, y = next(data)
         with amp.autocast():
             loss = wl.loss_fn(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         amp.backward(loss)
         amp.unscale(optimizer)  # clipping and telemetry see the true gradients
+        if layers is not None:
+            layers.record(step)  # per-layer pre-clip norms, on the device (no sync)
         grad_norm, clipped = clip(weights)  # pre-clip global L2 norm
         updates.before_step()
         lr = schedule.get_last_lr()[0]
@@ -235,6 +260,25 @@ def train(
         window.add(loss_v, norm_v, bool(clipped_v))
         last.rows.append([step, loss_v, norm_v, ratio_v])
         verdict = judge(step, loss_v, norm_v, ratio_v, signals_v)
+        if rescuer is not None:
+            rescuer.computed += 1
+        onset_text = None
+        if verdict is not None:
+            found = where_it_started(layers, verdict.step)
+            onset_text = onset.to_json(found) if found else None
+            if replay is None:
+                replay = replay_info(spec, device, verdict, marks.healthy(verdict.step), data.drawn)
+                if rescuer is not None:
+                    rescuer.replay = replay
+            healthy_step = marks.healthy(verdict.step)
+            if rescuer is not None and rescuer.can(healthy_step):
+                rescuer.rollback(verdict.step, verdict.reason, healthy_step, state,
+                                 found["onset_layer"] if found else None)
+                clip = rescuer.apply(clip) or clip
+                state["clipper"] = clip
+                pending_onset = onset_text
+                step = healthy_step + 1
+                continue
         done = verdict is not None or step == t.steps
         if done or step % eval_every == 0:
             val.update(workloads.evaluate(wl))
@@ -251,19 +295,34 @@ def train(
                 outcome.FINAL: int(done),
                 outcome.HEALTHY_STEP: marks.healthy(step),
             }
+            if rescuer is not None:
+                metrics.update(rescue_keys(rescuer))
+            if pending_onset is not None:
+                metrics[outcome.ONSET], pending_onset = pending_onset, None
+            if replay is not None:
+                metrics[outcome.REPLAY] = replay
             if verdict is not None:
                 metrics.update(verdict.keys())
                 metrics[outcome.WINDOW] = list(last.rows)
+                if onset_text is not None:
+                    metrics[outcome.ONSET] = onset_text
             window.reset()
             finite = math.isfinite(loss_v) and math.isfinite(norm_v)
-            if save is not None and every and step % every == 0 and finite and not done:
+            if every and step % every == 0 and finite and not done:
                 marks.add(step)
-                save(metrics, checkpoint.capture(step, state, marks.healthy(step)))
+                captured = checkpoint.capture(step, state, marks.healthy(step))
+                if rescuer is not None:
+                    rescuer.keep(step, captured, marks.steps)
+                if save is not None:
+                    save(metrics, captured)
+                else:
+                    report(metrics)
             else:
                 report(metrics)
         if verdict is not None:
             log.info("trial diverged at step %d: %s", verdict.step, verdict.reason)
             break
+        step += 1
     return metrics
 
 
@@ -273,3 +332,33 @@ def last_steps(spec: SweepSpec) -> int:
     :data:`outcome.MAX_WINDOW`."""
     return min(outcome.MAX_WINDOW, max(spec.training.report_every, spec.divergence.window))
 
+
+
+def rescue_keys(rescuer: rollback.Rescuer) -> dict[str, Any]:
+    """What every report of a trial with a rescue carries (:data:`outcome.RESCUE_ATTEMPTS`,
+    :data:`outcome.STEPS_COMPUTED` and, after a rollback, :data:`outcome.RESCUES`)."""
+    keys: dict[str, Any] = {outcome.RESCUE_ATTEMPTS: len(rescuer.rescues),
+                            outcome.STEPS_COMPUTED: rescuer.computed}
+    if rescuer.rescues:
+        keys[outcome.RESCUES] = json.dumps([r.to_json() for r in rescuer.rescues])
+    return keys
+
+
+def where_it_started(layers: telemetry.LayerNorms | None, verdict_step: int) -> dict[str, Any] | None:
+    """The per-layer onset of a verdict (:func:`onset.analyse`), from the ring buffer (the
+    one host copy of it); ``None`` when per-layer norms are off or empty."""
+    if layers is None or not layers.count:
+        return None
+    steps, grads, weights = layers.read()
+    return onset.analyse(layers.names, steps, grads, weights, verdict_step)
+
+
+def replay_info(spec: SweepSpec, device: torch.device, verdict: Verdict, healthy_step: int,
+                drawn: int) -> str:
+    """:data:`outcome.REPLAY` of the first verdict: the seed, the device, the verdict's step,
+    the healthy checkpoint's step and the batch indices (1-based positions in the batch
+    stream) of the rules' window before the verdict. JSON text."""
+    first = max(1, drawn - min(spec.divergence.window, verdict.step) + 1)
+    return json.dumps({"seed": spec.training.seed, "device": device.type,
+                       "divergence_step": verdict.step, "checkpoint_step": healthy_step,
+                       "onset_batches": [first, drawn], "reason": verdict.reason})

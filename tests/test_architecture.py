@@ -10,10 +10,11 @@ PACKAGE = Path(__file__).resolve().parent.parent / "gradtune"
 
 FLOORS = [
     {"errors", "outcome", "interrupt", "spool", "healthy"},
-    {"params", "credentials", "address", "runview"},
+    {"params", "credentials", "address", "runview", "rescue", "onset"},
     {"spec", "attention", "note"},
     {"signals", "search_space", "workloads", "clipping", "telemetry", "precision", "feasibility",
      "writer", "checkpoint", "failure"},
+    {"rollback"},
     {"trial", "searcher", "scheduler", "tracking"},
     {"trainable"},
     {"progress"},
