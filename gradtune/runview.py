@@ -5,8 +5,9 @@ functions return.
 - **Name**: while the trial runs, its knobs (:func:`run_name`); when it ends, the outcome
   first (:func:`ended_name`, e.g. ``diverged · norm=none clip=none init=3.2 bs=64``), so a
   table sorted by name groups completed, diverged, failed and pruned trials.
-- **Status** (:data:`RUN_STATUS`): completed FINISHED (green), diverged and failed FAILED
-  (red), pruned KILLED; the exact outcome stays in the ``gradtune.*`` tags.
+- **Status** (:data:`RUN_STATUS`): completed and rescued FINISHED (green: a rescued run
+  trained, with a remedy; its name and tags say so), diverged and failed FAILED (red),
+  pruned KILLED; the exact outcome stays in the ``gradtune.*`` tags.
 - **Points** (:func:`metrics_of`, :func:`window_points`): every number of a report at its
   training step, NaN and inf as they are, plus base-10 companions of the heavy-tailed
   metrics (:func:`log10_points`) so a stable trial's chart stays readable beside a 1e18
@@ -29,7 +30,7 @@ __all__ = ["LOG10", "RUN_STATUS", "TUNE_KEYS", "ended_name", "log10_points", "me
 SEP = " · "
 
 # The MLflow status of a child run for each outcome: red for the two that went wrong.
-RUN_STATUS = {Outcome.COMPLETED: "FINISHED", Outcome.DIVERGED: "FAILED",
+RUN_STATUS = {Outcome.COMPLETED: "FINISHED", Outcome.RESCUED: "FINISHED", Outcome.DIVERGED: "FAILED",
               Outcome.PRUNED: "KILLED", Outcome.FAILED: "FAILED"}
 
 # Metrics that span many decades when a trial blows up; each gets a ``log10_<name>``.

@@ -31,7 +31,7 @@ from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
-from gradtune import failure, note, outcome
+from gradtune import failure, note, onset, outcome, rescue
 from gradtune import spec as spec_mod
 from gradtune.credentials import redact
 from gradtune.outcome import Ledger, TrialRecord
@@ -105,6 +105,8 @@ class MLflowTracking(Callback):
         # trial id -> (step, grad_norm) of every point logged by this driver (a resumed
         # sweep's start with its resume), for the report read at the sweep's end.
         self.traces: dict[str, list[tuple[int, float]]] = {}
+        self.rollbacks: dict[str, int] = {}  # trial id -> rescues seen (outcome.RESCUES)
+        self.onset_tagged: set[str] = set()  # trial ids with gradtune.onset_layer
 
     def __getstate__(self) -> dict[str, Any]:
         """What Tune pickles into ``tuner.pkl`` (RunConfig.callbacks are part of it): no
@@ -231,7 +233,8 @@ class MLflowTracking(Callback):
         # A retry or a resumed sweep reports again the steps between its checkpoint and the
         # stop: the first report of a step stands (on CPU the two are the same).
         step = int(result.get(outcome.STEP, 0))
-        after = self.logged_step.get(trial.trial_id, 0)
+        after = self._after_rollback(trial.trial_id, result)
+        self._onset(trial.trial_id, key, result)
         if step and step <= after:
             return
         self.logged_step[trial.trial_id] = step
@@ -243,6 +246,33 @@ class MLflowTracking(Callback):
         self.writer.put("metrics", key, points=points)
         trace = self.traces.setdefault(trial.trial_id, [])
         trace += [(p.step, p.value) for p in points if p.key == "grad_norm"]
+
+    def _after_rollback(self, trial_id: str, result: dict[str, Any]) -> int:
+        """The last step logged, except after a new rollback (a rescue): then the rollback's
+        checkpoint step, so the rescued steps are logged again (MLflow keeps both points of
+        such a step; ``rescue_attempts`` tells them apart)."""
+        after = self.logged_step.get(trial_id, 0)
+        rollbacks = rescue.parse(result.get(outcome.RESCUES))
+        if len(rollbacks) > self.rollbacks.get(trial_id, 0):
+            self.rollbacks[trial_id] = len(rollbacks)
+            after = min(after, int(rollbacks[-1]["to_step"]))
+            self.logged_step[trial_id] = after
+        return after
+
+    def _onset(self, trial_id: str, key: str, result: dict[str, Any]) -> None:
+        """A verdict's per-layer onset (``outcome.ONSET``): the artifacts
+        ``onset/step_<verdict>.json`` and ``.csv``, and the tag ``gradtune.onset_layer``
+        (the first verdict's: where the configuration as proposed started to diverge)."""
+        assert self.writer is not None
+        found = onset.from_json(result.get(outcome.ONSET))
+        if found is None:
+            return
+        name = f"onset/step_{int(found['verdict_step'])}"
+        self.writer.put("text", key, path=f"{name}.json", text=result[outcome.ONSET])
+        self.writer.put("text", key, path=f"{name}.csv", text=onset.to_csv(found))
+        if trial_id not in self.onset_tagged and found.get("onset_layer"):
+            self.onset_tagged.add(trial_id)
+            self.writer.put("tags", key, tags={"gradtune.onset_layer": str(found["onset_layer"])})
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self._end(trial, errored=False)
@@ -311,7 +341,41 @@ def end_tags(record: TrialRecord) -> list[RunTag]:
     node = record.result.get(outcome.NODE_ID)
     if node:
         tags.append(RunTag("gradtune.node_id", str(node)))
-    return tags
+    return tags + rescue_tags(record.result) + replay_tags(record.result)
+
+
+def rescue_tags(result: dict[str, Any]) -> list[RunTag]:
+    """A rescue's lineage: ``gradtune.rescue_attempts`` (rollbacks used),
+    ``gradtune.rescued_from_step`` -> ``gradtune.rescued_to_step`` (the first rollback: where
+    the configuration as proposed diverged, and the checkpoint it went back to),
+    ``gradtune.rescue_remedy`` (every remedy in force at the end, ``lr x0.5 + clip
+    norm@1``) and ``gradtune.rescue_lineage`` (every rollback, ``120->80 lr x0.5; ...``)."""
+    rollbacks = rescue.parse(result.get(outcome.RESCUES))
+    if not rollbacks:
+        return []
+    first = rollbacks[0]
+    return [RunTag("gradtune.rescue_attempts", str(len(rollbacks))),
+            RunTag("gradtune.rescued_from_step", str(first["from_step"])),
+            RunTag("gradtune.rescued_to_step", str(first["to_step"])),
+            RunTag("gradtune.rescue_remedy", " + ".join(str(r["remedy"]) for r in rollbacks)),
+            RunTag("gradtune.rescue_lineage", rescue.lineage_line(rollbacks)[:5000])]
+
+
+def replay_tags(result: dict[str, Any]) -> list[RunTag]:
+    """What ``gradtune replay`` reads about the first verdict (``outcome.REPLAY``):
+    ``gradtune.replay_seed``, ``gradtune.replay_device``, ``gradtune.replay_step`` (the
+    verdict's step), ``gradtune.checkpoint_step`` (the healthy checkpoint's) and
+    ``gradtune.onset_batches`` (``first-last`` batch indices of the rules' window)."""
+    try:
+        info = json.loads(result.get(outcome.REPLAY) or "")
+        first, last = info["onset_batches"]
+        return [RunTag("gradtune.replay_seed", str(int(info["seed"]))),
+                RunTag("gradtune.replay_device", str(info["device"])),
+                RunTag("gradtune.replay_step", str(int(info["divergence_step"]))),
+                RunTag("gradtune.checkpoint_step", str(int(info["checkpoint_step"]))),
+                RunTag("gradtune.onset_batches", f"{int(first)}-{int(last)}")]
+    except (TypeError, ValueError, KeyError):
+        return []
 
 
 def _param_value(value: Any) -> str:
