@@ -19,9 +19,11 @@ grower when no layer crossed the factor). Gradients flow through every layer in 
 backward pass, so several layers often cross on the same step; the growth then says which
 moved most.
 
-The artifact (``onset/step_<verdict>.json`` on the child run; :func:`to_json`), version 1::
+The artifact (``onset/verdict_<n>_step_<step>.json`` on the child run, for the trial's n-th
+verdict: a rescued trial has one per rollback; :func:`to_json`), version 1::
 
-    {"version": 1, "verdict_step": 120, "factor": 10.0, "onset_layer": "net.6.weight",
+    {"version": 1, "verdict": 1, "verdict_step": 120, "factor": 10.0,
+     "onset_layer": "net.6.weight",
      "steps": [101, ..., 120],                  # the window, oldest first
      "layers": ["net.0.weight", ...],           # model order
      "grad_norm":   [[...per step...], ...],    # [layer][step], pre-clip L2, null = NaN/inf
@@ -29,7 +31,7 @@ The artifact (``onset/step_<verdict>.json`` on the child run; :func:`to_json`), 
      "table": [{"rank", "layer", "onset_step", "growth", "baseline", "grad_first",
                 "grad_last", "weight_first", "weight_last", "nonfinite_step"}, ...]}
 
-``table`` is also ``onset/step_<verdict>.csv`` (:func:`to_csv`, the same columns, empty
+``table`` is also ``onset/verdict_<n>_step_<step>.csv`` (:func:`to_csv`, the same columns, empty
 cells for null). A report plots ``grad_norm`` per layer against ``steps`` (log scale), the
 onset layer first.
 """
@@ -100,7 +102,7 @@ def analyse(names: Sequence[str], steps: Sequence[int], grad_norms: Sequence[Seq
 
     table = [{"rank": i + 1, **row} for i, row in enumerate(sorted(rows, key=key))]
     return {
-        "version": VERSION, "verdict_step": verdict_step, "factor": factor,
+        "version": VERSION, "verdict": 1, "verdict_step": verdict_step, "factor": factor,
         "onset_layer": table[0]["layer"] if table else None,
         "steps": list(steps), "layers": list(names),
         "grad_norm": [list(g) for g in grad_norms], "weight_norm": [list(w) for w in weight_norms],

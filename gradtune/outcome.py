@@ -81,7 +81,7 @@ STEPS_COMPUTED = "steps_computed"
 RESCUES = "rescues"
 # Where a divergence started (gradtune.onset): on a verdict (the final one, or the report
 # after a rollback), JSON text of the per-layer gradient and weight norms over the steps
-# before it (``onset.to_json``), the artifact ``onset/step_<verdict step>.json``.
+# before it (``onset.to_json``), the artifacts ``onset/verdict_<n>_step_<step>.json|csv``.
 ONSET = "onset"
 # What ``gradtune replay`` needs to re-run the first verdict, JSON text, from the first
 # verdict on: ``{"seed", "device", "divergence_step", "checkpoint_step", "onset_batches":

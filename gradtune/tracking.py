@@ -261,13 +261,14 @@ class MLflowTracking(Callback):
 
     def _onset(self, trial_id: str, key: str, result: dict[str, Any]) -> None:
         """A verdict's per-layer onset (``outcome.ONSET``): the artifacts
-        ``onset/step_<verdict>.json`` and ``.csv``, and the tag ``gradtune.onset_layer``
-        (the first verdict's: where the configuration as proposed started to diverge)."""
+        ``onset/verdict_<n>_step_<step>.json`` and ``.csv`` (the trial's n-th verdict), and
+        the tag ``gradtune.onset_layer`` (the first verdict's: where the configuration as
+        proposed started to diverge)."""
         assert self.writer is not None
         found = onset.from_json(result.get(outcome.ONSET))
         if found is None:
             return
-        name = f"onset/step_{int(found['verdict_step'])}"
+        name = f"onset/verdict_{int(found.get('verdict', 1))}_step_{int(found['verdict_step'])}"
         self.writer.put("text", key, path=f"{name}.json", text=result[outcome.ONSET])
         self.writer.put("text", key, path=f"{name}.csv", text=onset.to_csv(found))
         if trial_id not in self.onset_tagged and found.get("onset_layer"):

@@ -265,7 +265,9 @@ def train(
         onset_text = None
         if verdict is not None:
             found = where_it_started(layers, verdict.step)
-            onset_text = onset.to_json(found) if found else None
+            if found is not None:
+                found["verdict"] = 1 + (len(rescuer.rescues) if rescuer is not None else 0)
+                onset_text = onset.to_json(found)
             if replay is None:
                 replay = replay_info(spec, device, verdict, marks.healthy(verdict.step), data.drawn)
                 if rescuer is not None:

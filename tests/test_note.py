@@ -29,7 +29,8 @@ def ledger() -> Ledger:
 def test_the_note_explains_the_sweep():
     text = note.render(ledger(), "quickstart", "val_loss", "min", KNOBS, {"good": "run-abc"}, "7")
     lines = text.splitlines()
-    assert lines[0] == "**gradtune sweep `quickstart`**: 6 trials — 2 completed, 3 diverged, 0 rescued, 1 pruned, 0 failed"
+    assert lines[0] == ("**gradtune sweep `quickstart`**: 6 trials — "
+                        "2 completed, 3 diverged, 0 rescued, 1 pruned, 0 failed")
     assert "[trial 0](#/experiments/7/runs/run-abc): val_loss = 0.15, val_accuracy = 0.96" in lines
     assert "| norm | layer |" in lines and "| init_scale | 1 |" in lines
     assert "| grad_norm grew #x in # steps | 2 | 22 |" in lines
