@@ -164,7 +164,7 @@ class StepMonitor(Protocol):
 
 def train(
     spec: SweepSpec, config: dict[str, Any], report: Report, monitor: StepMonitor | None = None,
-    save: Save | None = None, resume: dict[str, Any] | None = None,
+    save: Save | None = None, resume: dict[str, Any] | None = None, layer_steps: int | None = None,
 ) -> dict[str, Any]:
     """Train one configuration; call ``report(metrics)`` every ``report_every`` steps and
     at the end. Returns the last metrics reported.
@@ -174,7 +174,9 @@ def train(
     when given, is called instead of ``report`` every ``training.checkpoint_every`` steps:
     it reports ``metrics`` with a checkpoint of ``state`` (:func:`checkpoint.capture`; write
     it before returning, it shares tensors with the trial). ``resume``, a state
-    :func:`checkpoint.load` read, makes the trial go on after that state's step."""
+    :func:`checkpoint.load` read, makes the trial go on after that state's step.
+    ``layer_steps`` sets how many steps of per-layer norms a verdict carries (default
+    :func:`last_steps`; ``gradtune replay`` keeps the whole run)."""
     params = trial_params(spec, config)
     t = spec.training
     device = resolve_device(t.device)
@@ -215,7 +217,8 @@ def train(
     layers = None
     if spec.divergence.onset:
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        layers = telemetry.LayerNorms([n for n, _ in named], [p for _, p in named], last_steps(spec))
+        layers = telemetry.LayerNorms([n for n, _ in named], [p for _, p in named],
+                                      layer_steps or last_steps(spec))
         state["layers"] = layers
     every = t.checkpoint_every if (save is not None or rescuer is not None) else None
     start = 1

@@ -16,7 +16,7 @@ FLOORS = [
      "writer", "checkpoint", "failure"},
     {"rollback"},
     {"trial", "searcher", "scheduler", "tracking"},
-    {"trainable"},
+    {"trainable", "replay"},
     {"progress"},
     {"sweep"},
     {"summary"},
