@@ -137,13 +137,15 @@ class Replayed:
 
 
 def replay_spec(rec: Recorded, device: str) -> SweepSpec:
-    """The trial's spec for the replay: its seed and ``device``, the rescue off, a report
-    every step with evaluation as often as before."""
+    """The trial's spec for the replay: its seed and ``device``, the rescue off, per-layer
+    norms on, a report every step with evaluation as often as before (none of which
+    changes the training trajectory)."""
     t = rec.spec.training
     data = rec.spec.model_dump(mode="json")
     data["training"].update(seed=rec.seed, device=device, report_every=1,
                             eval_every=t.eval_every or t.report_every, checkpoint_every=t.checkpoint_every)
     data["divergence"]["rescue"]["attempts"] = 0
+    data["divergence"]["onset"] = True
     return SweepSpec.model_validate(data)
 
 

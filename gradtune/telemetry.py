@@ -80,8 +80,8 @@ class UpdateRatio:
 
 class LayerNorms:
     """The last ``size`` steps' per-parameter gradient and weight L2 norms, kept on the
-    device in a ring buffer: :meth:`record` costs two foreach norms and one copy into the
-    buffer, no host sync; :meth:`read` (at a verdict only) copies it to the host.
+    device in a ring buffer: :meth:`record` costs one foreach norm (gradients and weights)
+    and one copy into the buffer, no host sync; :meth:`read` (at a verdict only) copies it to the host.
 
     Call :meth:`record` after the gradients are unscaled and before clipping, so the norms
     are the pre-clip ones, and the weights those the gradients were computed at. A
@@ -102,7 +102,7 @@ class LayerNorms:
         if not self.params:
             return
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        norms = torch._foreach_norm(grads) + torch._foreach_norm([p.detach() for p in self.params])
+        norms = torch._foreach_norm(grads + [p.detach() for p in self.params])  # one call
         slot = self.count % self.size
         self.buffer[slot].copy_(torch.stack(norms).view(2, -1))
         self.steps[slot] = step

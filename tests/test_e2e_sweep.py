@@ -164,6 +164,7 @@ def test_a_rescue_in_a_real_sweep_shows_its_lineage_in_mlflow(ray_session, tiny_
         "training.report_every": 10,
         "training.checkpoint_every": 10,
         "divergence.rescue": {"attempts": 2},
+        "divergence.onset": True,
     })
     result = sweep.run(spec)
     assert result.counts()["rescued"] == 1

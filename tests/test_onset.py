@@ -71,7 +71,7 @@ def test_a_trial_names_the_branch_that_was_made_to_blow_up_first():
     spec = load(None, {"workload.name": "tests.rescue_plugins:poisoned", "search.space": {},
                        "workload.options": {"poison_at": 60, "ramp": True, "poison": 1.5},
                        "training.steps": 120, "training.report_every": 10, "training.device": "cpu",
-                       "training.optimizer": {"name": "sgd", "lr": 0.1}})
+                       "training.optimizer": {"name": "sgd", "lr": 0.1}, "divergence.onset": True})
     last = trial.train(spec, {}, lambda m: None)
     assert last[outcome.DIVERGED] == 1
     found = json.loads(last[outcome.ONSET])
@@ -82,8 +82,8 @@ def test_a_trial_names_the_branch_that_was_made_to_blow_up_first():
     assert all(r["onset_step"] is None for r in found["table"][1:])
 
 
-def test_per_layer_norms_can_be_turned_off():
-    spec = load(None, {"divergence.onset": False, "training.steps": 20, "training.device": "cpu",
+def test_per_layer_norms_are_opt_in():
+    spec = load(None, { "training.steps": 20, "training.device": "cpu",
                        "workload.options": {"depth": 20, "width": 64, "activation": "relu"},
                        "search.space": {}, "training.optimizer": {"name": "sgd", "lr": 50.0}})
     last = trial.train(spec, {}, lambda m: None)

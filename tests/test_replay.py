@@ -19,7 +19,7 @@ def logged_trial(tmp_path, rescue_cfg=None):
     overrides = {"workload.name": "tests.rescue_plugins:poisoned", "workload.options": {"poison_at": 60},
                  "search.space": {"lr": [0.05, 0.1], "clip_method": ["none"]}, "training.steps": 120,
                  "training.report_every": 10, "training.checkpoint_every": 10, "training.device": "cpu",
-                 "training.seed": 3}
+                 "training.seed": 3, "divergence.onset": True}
     if rescue_cfg:
         overrides["divergence.rescue"] = rescue_cfg
     spec = load(None, overrides)

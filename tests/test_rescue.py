@@ -21,7 +21,8 @@ POISONED = "tests.rescue_plugins:poisoned"
 def spec(rescue_cfg=None, **overrides):
     base = {"workload.name": POISONED, "workload.options": {"poison_at": 60}, "search.space": {},
             "training.steps": 120, "training.report_every": 10, "training.checkpoint_every": 10,
-            "training.device": "cpu", "training.optimizer": {"name": "sgd", "lr": 0.1}}
+            "training.device": "cpu", "training.optimizer": {"name": "sgd", "lr": 0.1},
+            "divergence.onset": True}
     if rescue_cfg is not None:
         base["divergence.rescue"] = rescue_cfg
     return load(None, {**base, **overrides})

@@ -224,8 +224,9 @@ class DivergenceSpec(_Frozen):
     grace_reports: int = Field(default=3, ge=1)  # reports before performance pruning
     rescue: RescueSpec = Field(default_factory=RescueSpec)  # off unless attempts > 0
     # Per-layer gradient and weight norms kept on the device for the verdict's "where it
-    # started" table (gradtune.onset); one foreach norm per step (docs/performance.md).
-    onset: bool = True
+    # started" table (gradtune.onset): one foreach norm per step, ~8% of a quickstart step
+    # on CPU (docs/performance.md), so opt-in; `gradtune replay` always has them.
+    onset: bool = False
 
 
 class SweepSpec(_Frozen):
