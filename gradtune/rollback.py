@@ -23,6 +23,7 @@ verdict), so no rollback lands on a state the rules condemned.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,10 @@ from gradtune import checkpoint, clipping, rescue
 from gradtune.rescue import Remedies, Rescue
 
 log = logging.getLogger(__name__)
+
+# A trial "has learned" by a checkpoint whose training loss is at most this share of the
+# chance-level loss; else a rescue rolls back to the initial state (Rescuer.target).
+LEARNED = 0.95
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,7 @@ class Rescuer:
         self.base_lrs = list(schedule.base_lrs)  # as proposed
         self.own_clip = own_clip
         self.copies: dict[int, Any] = {}  # checkpoint step -> to_host(capture)
+        self.losses: dict[int, float] = {}  # checkpoint step -> the training loss reported there
         self.remedies = Remedies()
         self.rescues: list[Rescue] = []
         self.skips: dict[int, int] = {}  # step -> batches to skip before it
@@ -98,15 +104,28 @@ class Rescuer:
         self.replay: str | None = None  # the first verdict's outcome.REPLAY text
 
     # ------------------------------------------------------------------ copies
-    def keep(self, step: int, state: Mapping[str, Any], keep: Sequence[int]) -> None:
-        """Keep a host copy of ``state`` (captured after ``step``) and drop the copies whose
-        steps are not in ``keep`` (the checkpoint marks)."""
+    def keep(self, step: int, state: Mapping[str, Any], keep: Sequence[int], loss: float = math.nan) -> None:
+        """Keep a host copy of ``state`` (captured after ``step``, with the training loss of
+        the report at that step) and drop the copies whose steps are not in ``keep`` (the
+        checkpoint marks); the copy at step 0 (the initial state) stays."""
         self.copies[step] = to_host(state)
-        self.copies = {s: c for s, c in self.copies.items() if s in keep}
+        self.losses[step] = loss
+        self.copies = {s: c for s, c in self.copies.items() if s in keep or s == 0}
+        self.losses = {s: v for s, v in self.losses.items() if s in self.copies}
 
-    def can(self, healthy_step: int) -> bool:
-        """Whether a verdict can be rescued: attempts left and a copy at ``healthy_step``."""
-        return len(self.rescues) < self.cfg.attempts and healthy_step in self.copies
+    def target(self, healthy_step: int, reference_loss: float) -> int | None:
+        """Where a verdict rolls back to, ``None`` when it cannot be rescued (no attempts
+        left, no healthy checkpoint): the healthy checkpoint, or the initial state (step 0)
+        when the trial had not learned by then (its loss at the healthy checkpoint was not
+        :data:`LEARNED` x the chance-level ``reference_loss`` or lower; NaN counts as not
+        learned), since rolling
+        back to a net that never trained keeps it there; the rescue is then a restart of
+        the remedied configuration inside the trial."""
+        if len(self.rescues) >= self.cfg.attempts or healthy_step not in self.copies or healthy_step <= 0:
+            return None
+        loss = self.losses.get(healthy_step, math.nan)
+        learned = math.isfinite(reference_loss) and loss < LEARNED * reference_loss
+        return healthy_step if learned or 0 not in self.copies else 0
 
     # ------------------------------------------------------------------ rollback
     def rollback(self, verdict_step: int, reason: str, healthy_step: int,

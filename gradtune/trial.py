@@ -231,6 +231,8 @@ def train(
         if rescuer is not None:
             rescuer.apply(clip)  # the restored schedule holds the rates of its own time
         log.info("trial resumed from its checkpoint at step %d", start - 1)
+    if rescuer is not None and start == 1:  # the initial state: a rescue's restart point
+        rescuer.keep(0, checkpoint.capture(0, state), [0])
     # The first verdict, for `gradtune replay` (outcome.REPLAY); a rescue keeps it.
     replay: str | None = rescuer.replay if rescuer is not None else None
     pending_onset: str | None = None  # a rescued verdict's onset, for the next report
@@ -276,13 +278,14 @@ def train(
                 if rescuer is not None:
                     rescuer.replay = replay
             healthy_step = marks.healthy(verdict.step)
-            if rescuer is not None and rescuer.can(healthy_step):
-                rescuer.rollback(verdict.step, verdict.reason, healthy_step, state,
+            back = rescuer.target(healthy_step, wl.reference_loss) if rescuer is not None else None
+            if rescuer is not None and back is not None:
+                rescuer.rollback(verdict.step, verdict.reason, back, state,
                                  found["onset_layer"] if found else None)
                 clip = rescuer.apply(clip) or clip
                 state["clipper"] = clip
                 pending_onset = onset_text
-                step = healthy_step + 1
+                step = back + 1
                 continue
         done = verdict is not None or step == t.steps
         if done or step % eval_every == 0:
@@ -317,7 +320,7 @@ def train(
                 marks.add(step)
                 captured = checkpoint.capture(step, state, marks.healthy(step))
                 if rescuer is not None:
-                    rescuer.keep(step, captured, marks.steps)
+                    rescuer.keep(step, captured, marks.steps, metrics["train_loss"])
                 if save is not None:
                     save(metrics, captured)
                 else:
