@@ -207,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         run_family(name, fam, rows)
     per = {n: summary([r for r in rows if r["family"] == n]) for n in names}
     total = summary(rows)
+    total.update(best_val_stop=None, best_val_rescue=None)  # losses of different tasks: per family only
     print()
     keys = ("configs", "diverged", "mid_training", "share_rescued", "share_restart", "compute_vs_restart",
             "compute_after_verdict_vs_restart", "rollbacks_only", "compute_vs_restart_rollbacks_only",

@@ -23,12 +23,19 @@ Remedies accumulate: the second rollback keeps the lowered LR and adds clipping.
 beyond the ladder repeat its first rung (the LR is lowered again). A verdict after the last
 attempt ends the trial ``diverged``, as does a verdict without a healthy checkpoint.
 
+Where to: the healthy checkpoint, unless the trial had not learned by then (its training
+loss there not at least 5% below chance): a rollback keeps such a net where it was (the
+benchmark's deep MLPs sat at chance loss, then blew up), so the trial goes back to its
+initial state, and the rescue is a restart of the remedied configuration inside the trial
+(:meth:`gradtune.rollback.Rescuer.target`).
+
 Budget: a rescued trial still ends at training step ``training.steps``, like every other
 trial, so its objective is comparable; the rolled-back steps do not count against that
 budget. They are compute spent, reported as ``steps_computed`` (rolled-back steps
-included), and bounded: a healthy checkpoint lies less than ``window + checkpoint_every``
-steps before the verdict, so a trial computes at most ``attempts * (window +
-checkpoint_every - 1)`` steps more than its budget (:func:`extra_steps_bound`).
+included), and bounded for rollbacks to a checkpoint: a healthy checkpoint lies less than
+``window + checkpoint_every`` steps before the verdict, so such a trial computes at most
+``attempts * (window + checkpoint_every - 1)`` steps more than its budget
+(:func:`extra_steps_bound`); a rollback to the initial state costs the verdict's step.
 
 NaN and inf: the ladder never looks at the diverging steps' numbers; the automatic clip
 threshold is the median of the *finite* healthy norms (1.0 when there are none).
