@@ -84,3 +84,14 @@ def test_summary_states_the_wall_time_against_the_ideal():
     assert first == ("gradtune sweep 'quickstart': 3 trials in 46s; 1.15x the ideal 40s "
                      "(trials' compute 80s over 2 workers)")
     assert summary.render(sweep_result(Ledger())).splitlines()[1] == "gradtune sweep 'quickstart': 0 trials in 12s"
+
+
+def test_rescued_trials_are_counted_and_listed_with_their_lineage_and_never_best():
+    ledger = Ledger()
+    lineage = '[{"attempt": 1, "from_step": 120, "to_step": 80, "remedy": "lr x0.5", "reason": "r"}]'
+    ledger.end("saved", {"norm": "none"}, {"final": 1, "val_loss": 0.1, "rescue_attempts": 1, "rescues": lineage})
+    ledger.end("good", {"norm": "layer"}, {"final": 1, "val_loss": 0.3})
+    lines = summary.render(sweep_result(ledger)).splitlines()
+    assert "  completed: 1  diverged: 0  rescued: 1  pruned: 0  failed: 0" in lines
+    assert "    rescued: 120->80 lr x0.5; val_loss=0.1" in lines
+    assert "  best trial (val_loss min): val_loss=0.3" in lines  # the configuration as proposed diverged
