@@ -5,7 +5,7 @@ What the store holds is enough (:func:`recorded`): the parent run's ``spec.yaml`
 (the resolved spec), the child run's params (the trial's hyperparameters, named as in the
 space) and the first verdict's tags (``gradtune.replay_step``, ``gradtune.replay_seed``,
 ``gradtune.replay_device``, ``gradtune.checkpoint_step``, ``gradtune.onset_batches``; see
-:func:`gradtune.tracking.replay_tags`). A run without them (older, or one that never
+:func:`gradtune.runview.replay_tags`). A run without them (older, or one that never
 diverged) falls back to ``gradtune.divergence_step`` and the spec's seed.
 
 The replay (:func:`run`) trains the same configuration from step 1 with the rescue off (the

@@ -22,6 +22,7 @@ verdict), so no rollback lands on a state the rules condemned.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Mapping, MutableMapping, Sequence
@@ -30,7 +31,7 @@ from typing import Any
 
 import torch
 
-from gradtune import checkpoint, clipping, rescue
+from gradtune import checkpoint, clipping, outcome, rescue
 from gradtune.rescue import Remedies, Rescue
 
 log = logging.getLogger(__name__)
@@ -172,6 +173,14 @@ class Rescuer:
         if self.remedies.clip is None:
             return clipper
         return clipping.make(*self.remedies.clip)
+
+    def keys(self) -> dict[str, Any]:
+        """What every report of a trial with a rescue carries (:data:`outcome.RESCUE_ATTEMPTS`,
+        :data:`outcome.STEPS_COMPUTED` and, after a rollback, :data:`outcome.RESCUES`)."""
+        keys: dict[str, Any] = {outcome.RESCUE_ATTEMPTS: len(self.rescues), outcome.STEPS_COMPUTED: self.computed}
+        if self.rescues:
+            keys[outcome.RESCUES] = json.dumps([r.to_json() for r in self.rescues])
+        return keys
 
     def skip(self, step: int) -> int:
         """How many batches to draw and drop before ``step``'s (the skip remedy)."""

@@ -19,6 +19,8 @@ import torch
 from torch import Tensor
 from torch.nn.utils import get_total_norm
 
+from gradtune import onset
+
 
 @torch.no_grad()
 def flatten_(weights: Sequence[Tensor]) -> Tensor | None:
@@ -117,6 +119,14 @@ class LayerNorms:
         self.buffer.copy_(state["buffer"])
         self.steps = [int(s) for s in state["steps"]]
         self.count = int(state["count"])
+
+    def where_it_started(self, verdict_step: int) -> dict[str, Any] | None:
+        """The per-layer onset of a verdict (:func:`gradtune.onset.analyse`) from the buffer
+        (its one host copy); ``None`` when it holds no step yet."""
+        if not self.count or not self.params:
+            return None
+        steps, grads, weights = self.read()
+        return onset.analyse(self.names, steps, grads, weights, verdict_step)
 
     def read(self) -> tuple[list[int], list[list[float]], list[list[float]]]:
         """``(steps, grad_norms, weight_norms)``: steps oldest first, norms ``[layer][step]``.

@@ -36,7 +36,16 @@ from gradtune import spec as spec_mod
 from gradtune.credentials import redact
 from gradtune.outcome import Ledger, TrialRecord
 from gradtune.params import trial_params
-from gradtune.runview import RUN_STATUS, TUNE_KEYS, ended_name, metrics_of, run_name, window_points
+from gradtune.runview import (
+    RUN_STATUS,
+    TUNE_KEYS,
+    ended_name,
+    metrics_of,
+    replay_tags,
+    rescue_tags,
+    run_name,
+    window_points,
+)
 from gradtune.spec import SweepSpec
 from gradtune.writer import Point, Writer, quiet_http_retries
 
@@ -342,41 +351,8 @@ def end_tags(record: TrialRecord) -> list[RunTag]:
     node = record.result.get(outcome.NODE_ID)
     if node:
         tags.append(RunTag("gradtune.node_id", str(node)))
-    return tags + rescue_tags(record.result) + replay_tags(record.result)
-
-
-def rescue_tags(result: dict[str, Any]) -> list[RunTag]:
-    """A rescue's lineage: ``gradtune.rescue_attempts`` (rollbacks used),
-    ``gradtune.rescued_from_step`` -> ``gradtune.rescued_to_step`` (the first rollback: where
-    the configuration as proposed diverged, and the checkpoint it went back to),
-    ``gradtune.rescue_remedy`` (every remedy in force at the end, ``lr x0.5 + clip
-    norm@1``) and ``gradtune.rescue_lineage`` (every rollback, ``120->80 lr x0.5; ...``)."""
-    rollbacks = rescue.parse(result.get(outcome.RESCUES))
-    if not rollbacks:
-        return []
-    first = rollbacks[0]
-    return [RunTag("gradtune.rescue_attempts", str(len(rollbacks))),
-            RunTag("gradtune.rescued_from_step", str(first["from_step"])),
-            RunTag("gradtune.rescued_to_step", str(first["to_step"])),
-            RunTag("gradtune.rescue_remedy", " + ".join(str(r["remedy"]) for r in rollbacks)),
-            RunTag("gradtune.rescue_lineage", rescue.lineage_line(rollbacks)[:5000])]
-
-
-def replay_tags(result: dict[str, Any]) -> list[RunTag]:
-    """What ``gradtune replay`` reads about the first verdict (``outcome.REPLAY``):
-    ``gradtune.replay_seed``, ``gradtune.replay_device``, ``gradtune.replay_step`` (the
-    verdict's step), ``gradtune.checkpoint_step`` (the healthy checkpoint's) and
-    ``gradtune.onset_batches`` (``first-last`` batch indices of the rules' window)."""
-    try:
-        info = json.loads(result.get(outcome.REPLAY) or "")
-        first, last = info["onset_batches"]
-        return [RunTag("gradtune.replay_seed", str(int(info["seed"]))),
-                RunTag("gradtune.replay_device", str(info["device"])),
-                RunTag("gradtune.replay_step", str(int(info["divergence_step"]))),
-                RunTag("gradtune.checkpoint_step", str(int(info["checkpoint_step"]))),
-                RunTag("gradtune.onset_batches", f"{int(first)}-{int(last)}")]
-    except (TypeError, ValueError, KeyError):
-        return []
+    more = {**rescue_tags(record.result), **replay_tags(record.result)}
+    return tags + [RunTag(k, v) for k, v in more.items()]
 
 
 def _param_value(value: Any) -> str:

@@ -19,6 +19,16 @@ Every ``checkpoint_every`` steps the report carries a checkpoint of the whole tr
 trial goes on after its step: the reports continue from there, and on CPU they are those
 of the uninterrupted trial.
 
+With ``divergence.rescue`` (:mod:`gradtune.rescue`, :mod:`gradtune.rollback`), a verdict
+with a healthy checkpoint does not end the trial: it rolls back to a host copy of that
+checkpoint (or to the initial state when the trial had not learned by then), adds the next
+remedy and goes on to the same last step; reports then carry ``rescue_attempts``,
+``steps_computed`` and the lineage (``rescues``), and the steps after the checkpoint are
+reported again. With ``divergence.onset``, per-layer norms are kept on the device
+(:class:`gradtune.telemetry.LayerNorms`) and a verdict carries where it started
+(``onset``, :mod:`gradtune.onset`). The first verdict's seed, step, checkpoint step and
+batches (``replay``) are carried from then on, for ``gradtune replay``.
+
 NaN and inf: the monitor sees every step's loss and gradient norm. On a verdict (always on a
 non-finite value) the trial evaluates once, reports at once with ``diverged=1``,
 ``divergence_reason``, ``divergence_step`` and its last steps' loss, gradient norm and
@@ -269,7 +279,7 @@ def train(
             rescuer.computed += 1
         onset_text = None
         if verdict is not None:
-            found = where_it_started(layers, verdict.step)
+            found = layers.where_it_started(verdict.step) if layers is not None else None
             if found is not None:
                 found["verdict"] = 1 + (len(rescuer.rescues) if rescuer is not None else 0)
                 onset_text = onset.to_json(found)
@@ -304,7 +314,7 @@ def train(
                 outcome.HEALTHY_STEP: marks.healthy(step),
             }
             if rescuer is not None:
-                metrics.update(rescue_keys(rescuer))
+                metrics.update(rescuer.keys())
             if pending_onset is not None:
                 metrics[outcome.ONSET], pending_onset = pending_onset, None
             if replay is not None:
@@ -340,25 +350,6 @@ def last_steps(spec: SweepSpec) -> int:
     :data:`outcome.MAX_WINDOW`."""
     return min(outcome.MAX_WINDOW, max(spec.training.report_every, spec.divergence.window))
 
-
-
-def rescue_keys(rescuer: rollback.Rescuer) -> dict[str, Any]:
-    """What every report of a trial with a rescue carries (:data:`outcome.RESCUE_ATTEMPTS`,
-    :data:`outcome.STEPS_COMPUTED` and, after a rollback, :data:`outcome.RESCUES`)."""
-    keys: dict[str, Any] = {outcome.RESCUE_ATTEMPTS: len(rescuer.rescues),
-                            outcome.STEPS_COMPUTED: rescuer.computed}
-    if rescuer.rescues:
-        keys[outcome.RESCUES] = json.dumps([r.to_json() for r in rescuer.rescues])
-    return keys
-
-
-def where_it_started(layers: telemetry.LayerNorms | None, verdict_step: int) -> dict[str, Any] | None:
-    """The per-layer onset of a verdict (:func:`onset.analyse`), from the ring buffer (the
-    one host copy of it); ``None`` when per-layer norms are off or empty."""
-    if layers is None or not layers.count:
-        return None
-    steps, grads, weights = layers.read()
-    return onset.analyse(layers.names, steps, grads, weights, verdict_step)
 
 
 def replay_info(spec: SweepSpec, device: torch.device, verdict: Verdict, healthy_step: int,

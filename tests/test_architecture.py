@@ -9,8 +9,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "gradtune"
 
 FLOORS = [
-    {"errors", "outcome", "interrupt", "spool", "healthy"},
-    {"params", "credentials", "address", "runview", "rescue", "onset"},
+    {"errors", "outcome", "interrupt", "spool", "healthy", "rescue"},
+    {"params", "credentials", "address", "runview", "onset"},
     {"spec", "attention", "note"},
     {"signals", "search_space", "workloads", "clipping", "telemetry", "precision", "feasibility",
      "writer", "checkpoint", "failure"},
