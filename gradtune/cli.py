@@ -1,4 +1,4 @@
-"""The ``gradtune`` command line: sweep, validate, ui, report, workloads, sync.
+"""The ``gradtune`` command line: sweep, validate, ui, report, replay, workloads, sync.
 
 Every user error (bad spec, bad flag, bad plug-in) is one line on stderr and exit code 2;
 ``--debug`` shows the traceback instead.
@@ -191,6 +191,22 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Re-run a diverged (or rescued) trial from the tracking store up to its first verdict;
+    exit 0 when the divergence reproduced, 1 when it did not."""
+    from pathlib import Path
+
+    from gradtune import replay
+    from gradtune.tracking import resolve_uri
+
+    rec = replay.recorded(args.run_id, resolve_uri(args.tracking_uri))
+    replayed = replay.run(rec, device=args.device, tolerance=args.tolerance)
+    out = Path(args.out or f"replay-{args.run_id[:12]}")
+    print("\n".join(replay.lines(rec, replayed, args.tolerance)))
+    print(f"  telemetry: {', '.join(str(p) for p in replay.write(replayed, out))}")
+    return 0 if replayed.reproduced(rec, args.tolerance) else 1
+
+
 def cmd_workloads(args: argparse.Namespace) -> int:
     from gradtune import workloads
 
@@ -246,6 +262,14 @@ def parser() -> argparse.ArgumentParser:
     y.add_argument("--tracking-uri", help="MLflow tracking URI (default: the one the spool records)")
     y.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the server")
     y.set_defaults(func=cmd_sync)
+
+    r = sub.add_parser("replay", help="re-run a diverged trial from the tracking store up to its divergence")
+    r.add_argument("run_id", help="the trial's MLflow run id")
+    r.add_argument("--tracking-uri", default=spec_mod.TrackingSpec().uri)
+    r.add_argument("--device", choices=("cpu", "cuda"), help="default: the device the trial ran on")
+    r.add_argument("--tolerance", type=int, default=2, help="steps the divergence may move (default 2)")
+    r.add_argument("--out", help="folder for steps.csv and the per-layer norms (default replay-<run id>)")
+    r.set_defaults(func=cmd_replay)
 
     w = sub.add_parser("workloads", help="list the built-in workloads and their options")
     w.set_defaults(func=cmd_workloads)

@@ -14,11 +14,12 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from gradtune import rescue
 from gradtune.credentials import redact
-from gradtune.outcome import P_DIVERGED, SEEDS, Ledger, Outcome, TrialRecord, finite
+from gradtune.outcome import P_DIVERGED, RESCUES, SEEDS, Ledger, Outcome, TrialRecord, finite
 
-__all__ = ["BEST", "LOCAL_UI", "NOTE_TAG", "best_metrics", "reason_kind", "render", "stable_region",
-           "ui_link", "unstable_seeds"]
+__all__ = ["BEST", "LOCAL_UI", "NOTE_TAG", "best_metrics", "reason_kind", "render", "rescued_lines",
+           "stable_region", "ui_link", "unstable_seeds"]
 
 NOTE_TAG = "mlflow.note.content"  # what the UI shows as the run's description
 # An experiment tag MLflow 2.x-3.x UIs read to pick the experiment's kind (GenAI or ML).
@@ -103,6 +104,28 @@ def _reasons(ledger: Ledger) -> list[tuple[str, int, int]]:
     return sorted(((k, n, s) for k, (n, s) in kinds.items()), key=lambda x: (-x[1], x[2], x[0]))
 
 
+def rescued_lines(ledger: Ledger, metric: str, runs: Mapping[str, str], experiment_id: str | None,
+                  limit: int = 10) -> list[str]:
+    """The rescued trials (a markdown table): each trial's rollbacks (``120->80 lr x0.5``)
+    and the objective the remedy reached; empty when no trial was rescued. A rescued
+    trial is never "best": its configuration diverged as proposed."""
+    rescued = [r for r in ledger.ordered() if r.outcome is Outcome.RESCUED]
+    if not rescued:
+        return []
+    lines = ["", "### Rescued trials (diverged as proposed, trained with a remedy)",
+             f"| trial | rollbacks | {_cell(metric)} |", "| --- | --- | ---: |"]
+    for record in rescued[:limit]:
+        run = runs.get(record.trial_id)
+        title = f"trial {record.number}"
+        if run is not None and experiment_id is not None:
+            title = f"[{title}](#/experiments/{experiment_id}/runs/{run})"
+        line = rescue.lineage_line(rescue.parse(record.result.get(RESCUES)))
+        lines.append(f"| {title} | {_cell(line)} | {_fmt(record.result.get(metric, '-'))} |")
+    if len(rescued) > limit:
+        lines.append(f"| ... and {len(rescued) - limit} more | tag gradtune.outcome=rescued | |")
+    return lines
+
+
 def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
@@ -115,7 +138,8 @@ def render(ledger: Ledger, name: str, metric: str, mode: str, knobs: Sequence[st
            runs: Mapping[str, str], experiment_id: str | None) -> str:
     """The parent run's note (markdown): counts per outcome, the best trial (a link to its
     run by ``runs[trial_id]``, its knobs and metrics), the divergence reasons (kind ->
-    trials, earliest step) and the stable region over the searched ``knobs``. Cut at
+    trials, earliest step), the rescued trials (:func:`rescued_lines`) and the stable
+    region over the searched ``knobs``. Cut at
     :data:`MAX_NOTE` characters (ending in ``...``) so that MLflow takes it."""
     counts = ledger.counts()
     total = sum(counts.values())
@@ -139,6 +163,7 @@ def render(ledger: Ledger, name: str, metric: str, mode: str, knobs: Sequence[st
     if reasons:
         lines += ["", "### Divergence reasons", "| reason | trials | earliest step |", "| --- | ---: | ---: |"]
         lines += [f"| {_cell(k)} | {n} | {s} |" for k, n, s in reasons]
+    lines += rescued_lines(ledger, metric, runs, experiment_id)
     region = stable_region(ledger, knobs)
     if region:
         lines += ["", "### Stable region", "| knob | completed | diverged |", "| --- | --- | --- |"]

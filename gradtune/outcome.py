@@ -39,6 +39,9 @@ class Outcome(str, Enum):
 
     COMPLETED = "completed"  # reached its last step without a verdict
     DIVERGED = "diverged"  # a divergence verdict, in the trial or on the driver
+    # reached its last step after one or more rollbacks to a healthy checkpoint with a
+    # remedy (gradtune.rescue): the configuration as proposed diverged, the remedy trained
+    RESCUED = "rescued"
     PRUNED = "pruned"  # stopped early by the performance pruner (ASHA, median rule)
     FAILED = "failed"  # raised, or lost its worker
 
@@ -79,6 +82,24 @@ MAX_WINDOW = 200  # steps kept at most
 P_DIVERGED = "p_diverged"
 SEEDS = "seed_outcomes"
 
+# A rescue (divergence.rescue): rollbacks so far, a curve (0 until the first rollback), and
+# the training steps computed so far, rolled-back ones included (the compute spent; the
+# step itself is where training is). RESCUES: the rollbacks, JSON text (a list of
+# ``{"attempt", "from_step", "to_step", "remedy", "reason", "onset_layer"}``), on every report
+# after the first rollback; RESCUE_KEYS are the result keys of the lineage.
+RESCUE_ATTEMPTS = "rescue_attempts"
+STEPS_COMPUTED = "steps_computed"
+RESCUES = "rescues"
+# Where a divergence started (gradtune.onset): on a verdict (the final one, or the report
+# after a rollback), JSON text of the per-layer gradient and weight norms over the steps
+# before it (``onset.to_json``), the artifacts ``onset/verdict_<n>_step_<step>.json|csv``.
+ONSET = "onset"
+# What ``gradtune replay`` needs to re-run the first verdict, JSON text, from the first
+# verdict on: ``{"seed", "device", "divergence_step", "checkpoint_step", "onset_batches":
+# [first, last]}`` (the batch indices, 1-based positions in the trial's batch stream, of the
+# rules' window before the verdict).
+REPLAY = "replay"
+
 # The metrics a trial reports (README "What each trial reports"); NaN and inf as measured.
 METRICS: tuple[str, ...] = (
     "train_loss", "grad_norm", "grad_norm_max", "clip_fraction", "update_ratio", "lr",
@@ -90,11 +111,11 @@ ATTN_LOGIT_MAX = "attn_logit_max"  # largest pre-softmax attention logit of the 
 ATTN_ENTROPY_MIN = "attn_entropy_min"  # smallest per-head mean attention entropy (nats)
 SIGNALS: tuple[str, ...] = (ATTN_LOGIT_MAX, ATTN_ENTROPY_MIN)
 # Reported numbers that are not per-step metrics (``diverged`` is: a 0/1 curve).
-NOT_METRICS = frozenset({STEP, FINAL, DIVERGENCE_STEP, NODE_ID, HEALTHY_STEP, WINDOW, SEEDS, "trial_id",
-                         "done"})
+NOT_METRICS = frozenset({STEP, FINAL, DIVERGENCE_STEP, NODE_ID, HEALTHY_STEP, WINDOW, SEEDS, RESCUES, ONSET,
+                         REPLAY, "trial_id", "done"})
 # What a trial's record keeps of its last result.
 RECORDED: tuple[str, ...] = (STEP, *METRICS, *SIGNALS, DIVERGED, REASON, DIVERGENCE_STEP, FINAL, NODE_ID,
-                             SECONDS, P_DIVERGED, SEEDS)
+                             SECONDS, P_DIVERGED, SEEDS, RESCUE_ATTEMPTS, STEPS_COMPUTED, RESCUES, REPLAY)
 
 
 @dataclass(frozen=True)
@@ -121,14 +142,26 @@ def outcome_of(
     result: Mapping[str, Any] | None, verdict: Verdict | None = None, errored: bool = False
 ) -> Outcome:
     """``failed`` on error; ``diverged`` with a verdict (``verdict``, or one the result
-    reports); ``completed`` when the last result is ``final``; else ``pruned``."""
+    reports: a rescue that ran out of attempts ends here too); when the last result is
+    ``final``, ``rescued`` after at least one rollback (:data:`RESCUE_ATTEMPTS` > 0), else
+    ``completed``; otherwise ``pruned`` (a rescued trial stopped for performance too)."""
     if errored:
         return Outcome.FAILED
     if verdict is not None or reported_verdict(result) is not None:
         return Outcome.DIVERGED
     if result and result.get(FINAL):
-        return Outcome.COMPLETED
+        return Outcome.RESCUED if rescued(result) else Outcome.COMPLETED
     return Outcome.PRUNED
+
+
+def rescued(result: Mapping[str, Any] | None) -> bool:
+    """Whether the trial of ``result`` has rolled back at least once."""
+    return bool(finite((result or {}).get(RESCUE_ATTEMPTS)))
+
+
+# Outcomes that tell the searcher the configuration as proposed was unstable (a violated
+# constraint): a rescued trial trained only with a remedy the search did not propose.
+UNSTABLE = frozenset({Outcome.DIVERGED, Outcome.RESCUED})
 
 
 def finite(value: Any) -> float | None:

@@ -12,16 +12,18 @@ from typing import Any, TextIO
 
 from ray.tune import Callback
 
-from gradtune.outcome import P_DIVERGED, Ledger, Outcome, TrialRecord
+from gradtune.outcome import P_DIVERGED, RESCUES, Ledger, Outcome, TrialRecord
 from gradtune.params import trial_params
+from gradtune.rescue import lineage_line, parse
 from gradtune.spec import SweepSpec
 from gradtune.tracking import run_name
 
 
 def line(record: TrialRecord, done: int, total: int, metric: str,
          counts: Mapping[str, int] | None = None) -> str:
-    """``[ 3/24] diverged   norm=none clip=none init=3.2 bs=64  at step 20: loss is nan``,
-    then ``  | 2 completed, 1 diverged``: the non-zero ``counts`` (outcome -> trials so far)."""
+    """``[ 3/24] diverged   norm=none clip=none init=3.2 bs=64  at step 20: loss is nan``
+    (a rescued trial: its objective, then ``after 120->80 lr x0.5``), then
+    ``  | 2 completed, 1 diverged``: the non-zero ``counts`` (outcome -> trials so far)."""
     width = len(str(total))
     head = f"[{done:{width}d}/{total}] {record.outcome.value:<9s}  {run_name(record.params)}"
     if record.verdict is not None:
@@ -35,6 +37,8 @@ def line(record: TrialRecord, done: int, total: int, metric: str,
         p = record.result.get(P_DIVERGED)  # several seeds: the share that diverged
         if isinstance(p, (int, float)) and p > 0:
             tail += f" p_diverged={p:.2g}"
+        if record.outcome is Outcome.RESCUED:
+            tail += "  after " + lineage_line(parse(record.result.get(RESCUES)))
     so_far = ", ".join(f"{n} {o}" for o, n in (counts or {}).items() if n)
     return head + tail + (f"  | {so_far}" if so_far else "")
 

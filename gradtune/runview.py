@@ -5,31 +5,35 @@ functions return.
 - **Name**: while the trial runs, its knobs (:func:`run_name`); when it ends, the outcome
   first (:func:`ended_name`, e.g. ``diverged · norm=none clip=none init=3.2 bs=64``), so a
   table sorted by name groups completed, diverged, failed and pruned trials.
-- **Status** (:data:`RUN_STATUS`): completed FINISHED (green), diverged and failed FAILED
-  (red), pruned KILLED; the exact outcome stays in the ``gradtune.*`` tags.
+- **Status** (:data:`RUN_STATUS`): completed and rescued FINISHED (green: a rescued run
+  trained, with a remedy; its name and tags say so), diverged and failed FAILED (red),
+  pruned KILLED; the exact outcome stays in the ``gradtune.*`` tags.
 - **Points** (:func:`metrics_of`, :func:`window_points`): every number of a report at its
   training step, NaN and inf as they are, plus base-10 companions of the heavy-tailed
   metrics (:func:`log10_points`) so a stable trial's chart stays readable beside a 1e18
   blow-up; and, for a verdict, the per-step points of the steps before it.
+- **Tags** of a rescue's lineage (:func:`rescue_tags`) and of the first verdict, for
+  ``gradtune replay`` (:func:`replay_tags`).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable
 from typing import Any
 
-from gradtune import outcome
+from gradtune import outcome, rescue
 from gradtune.outcome import Outcome
 from gradtune.spool import Point
 
 __all__ = ["LOG10", "RUN_STATUS", "TUNE_KEYS", "ended_name", "log10_points", "metrics_of",
-           "run_name", "window_points"]
+           "replay_tags", "rescue_tags", "run_name", "window_points"]
 
 SEP = " · "
 
 # The MLflow status of a child run for each outcome: red for the two that went wrong.
-RUN_STATUS = {Outcome.COMPLETED: "FINISHED", Outcome.DIVERGED: "FAILED",
+RUN_STATUS = {Outcome.COMPLETED: "FINISHED", Outcome.RESCUED: "FINISHED", Outcome.DIVERGED: "FAILED",
               Outcome.PRUNED: "KILLED", Outcome.FAILED: "FAILED"}
 
 # Metrics that span many decades when a trial blows up; each gets a ``log10_<name>``.
@@ -104,3 +108,37 @@ def window_points(rows: Iterable[Any], after: int, before: int, timestamp_ms: in
             out.append(Point(key, value, timestamp_ms, int(step)))
             out += log10_points(key, value, timestamp_ms, int(step))
     return out
+
+
+def rescue_tags(result: dict[str, Any]) -> dict[str, str]:
+    """A rescue's lineage: ``gradtune.rescue_attempts`` (rollbacks used),
+    ``gradtune.rescued_from_step`` -> ``gradtune.rescued_to_step`` (the first rollback: where
+    the configuration as proposed diverged, and the checkpoint it went back to),
+    ``gradtune.rescue_remedy`` (every remedy in force at the end, ``lr x0.5 + clip
+    norm@1``) and ``gradtune.rescue_lineage`` (every rollback, ``120->80 lr x0.5; ...``)."""
+    rollbacks = rescue.parse(result.get(outcome.RESCUES))
+    if not rollbacks:
+        return {}
+    first = rollbacks[0]
+    return {"gradtune.rescue_attempts": str(len(rollbacks)),
+            "gradtune.rescued_from_step": str(first["from_step"]),
+            "gradtune.rescued_to_step": str(first["to_step"]),
+            "gradtune.rescue_remedy": " + ".join(str(r["remedy"]) for r in rollbacks)[:5000],
+            "gradtune.rescue_lineage": rescue.lineage_line(rollbacks)[:5000]}
+
+
+def replay_tags(result: dict[str, Any]) -> dict[str, str]:
+    """What ``gradtune replay`` reads about the first verdict (``outcome.REPLAY``):
+    ``gradtune.replay_seed``, ``gradtune.replay_device``, ``gradtune.replay_step`` (the
+    verdict's step), ``gradtune.checkpoint_step`` (the healthy checkpoint's) and
+    ``gradtune.onset_batches`` (``first-last`` batch indices of the rules' window)."""
+    try:
+        info = json.loads(result.get(outcome.REPLAY) or "")
+        first, last = info["onset_batches"]
+        return {"gradtune.replay_seed": str(int(info["seed"])),
+                "gradtune.replay_device": str(info["device"]),
+                "gradtune.replay_step": str(int(info["divergence_step"])),
+                "gradtune.checkpoint_step": str(int(info["checkpoint_step"])),
+                "gradtune.onset_batches": f"{int(first)}-{int(last)}"}
+    except (TypeError, ValueError, KeyError):
+        return {}

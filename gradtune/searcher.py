@@ -10,6 +10,8 @@ region keeps being sampled. :class:`DivergenceAwareSearch` tells every outcome i
 - a diverged trial: ``COMPLETE`` with constraint ``+1`` (infeasible) and, as its objective,
   the worst finite objective seen so far (or its own last finite value, or 0), so TPE's
   sampler ranks it below every stable trial (``Trial.set_constraint``);
+- a rescued trial (``divergence.rescue``): the same as a diverged one. The configuration as
+  proposed diverged; what the remedy reached stays visible in MLflow, not in the study;
 - a trial stopped for performance with a finite objective: ``PRUNED`` with that value;
 - an errored trial: ``FAIL``.
 
@@ -39,7 +41,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from gradtune import outcome
 from gradtune.feasibility import FeasibleSampler
-from gradtune.outcome import Ledger, Outcome
+from gradtune.outcome import UNSTABLE, Ledger, Outcome
 from gradtune.search_space import define_by_run, grid_points
 from gradtune.seeds import degree
 from gradtune.spec import SweepSpec
@@ -89,7 +91,7 @@ class DivergenceAwareSearch(OptunaSearch):
         violated = degree((result or {}).get(outcome.P_DIVERGED))  # -1: no seed diverged
         if ended is Outcome.FAILED:
             study.tell(ot_trial, state=TrialState.FAIL)
-        elif ended is Outcome.DIVERGED:
+        elif ended in UNSTABLE:  # diverged, or rescued: unstable as proposed
             ot_trial.set_constraint(CONSTRAINT, 1.0)
             fallback = value if math.isfinite(value) else self._sentinel()
             study.tell(ot_trial, self._worst if self._worst is not None else fallback,

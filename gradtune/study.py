@@ -2,11 +2,13 @@
 (:class:`gradtune.searcher.DivergenceAwareSearch`), so Optuna's plots, importance
 evaluators and ``optuna-dashboard`` work on it:
 
-- completed (and any outcome that ended with a finite objective, such as a future
-  ``rescued``): ``COMPLETE`` with the objective, constraint ``diverged`` = -1 (feasible);
-- diverged: ``COMPLETE`` with constraint +1 (infeasible) and, as its objective, the worst
-  finite objective of the completed trials (else its own last finite value), as the
-  searcher tells it; a diverged trial with no finite number to show is ``FAIL``;
+- completed (and any other outcome that ended with a finite objective): ``COMPLETE`` with
+  the objective, constraint ``diverged`` = -1 (feasible), or, for a trial of several seeds
+  some of which diverged, its ``p_diverged`` (infeasible to that degree);
+- diverged and rescued (unstable as proposed, :data:`gradtune.outcome.UNSTABLE`):
+  ``COMPLETE`` with constraint +1 (infeasible) and, as its objective, the worst finite
+  objective of the completed trials (else its own last finite value), as the searcher
+  tells it; such a trial with no finite number to show is ``FAIL``;
 - pruned: ``PRUNED`` (constraint -1); failed: ``FAIL``.
 
 Every trial carries ``user_attrs`` ``outcome``, ``reason``, ``divergence_step``,
@@ -27,7 +29,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from gradtune.outcome import Outcome
+from gradtune.outcome import P_DIVERGED, UNSTABLE, Outcome
 from gradtune.params import PARAMS
 from gradtune.spec import Range
 from gradtune.table import Row, SweepTable
@@ -93,12 +95,15 @@ def trials(table: SweepTable) -> list[FrozenTrial]:
             pass
         elif row.outcome == Outcome.PRUNED.value:
             state, constraint = TrialState.PRUNED, -1.0
-        elif row.outcome == Outcome.DIVERGED.value:
+        elif row.outcome in UNSTABLE_VALUES:
             value = worst if worst is not None else row.value
             if value is not None:
                 state, constraint = TrialState.COMPLETE, 1.0
         elif row.value is not None:
             state, value, constraint = TrialState.COMPLETE, row.value, -1.0
+            p = row.metrics.get(P_DIVERGED)
+            if p is not None and p > 0:
+                constraint = p
         out.append(optuna.trial.create_trial(
             state=state, value=value, params=params, distributions=used, user_attrs=_attrs(row),
             constraints=None if constraint is None else {CONSTRAINT: constraint}))
@@ -132,9 +137,10 @@ def to_study(table: SweepTable, storage: optuna.storages.BaseStorage | str | Non
 
 
 def divergence_study(table: SweepTable) -> optuna.Study:
-    """An in-memory study whose objective is 1 for a diverged trial, 0 for any other that
-    trained without failing (failed trials are left out): Optuna's importance evaluators
-    over it rank the knobs by how much they move P(diverged)."""
+    """An in-memory study whose objective is a trial's P(diverged): its ``p_diverged``
+    (several seeds), else 1 for a diverged or rescued trial and 0 for any other that trained
+    without failing (failed trials are left out): Optuna's importance evaluators over it
+    rank the knobs by how much they move P(diverged)."""
     dists = distributions(table)
     frozen = []
     for row in table.rows:
@@ -142,9 +148,19 @@ def divergence_study(table: SweepTable) -> optuna.Study:
             continue
         params, used = _params(row, dists)
         frozen.append(optuna.trial.create_trial(
-            value=1.0 if row.outcome == Outcome.DIVERGED.value else 0.0, params=params,
+            value=_p_diverged(row), params=params,
             distributions=used, user_attrs=_attrs(row)))
     return _study(table, None, f"{table.name} P(diverged)", "minimize", frozen)
+
+
+UNSTABLE_VALUES = frozenset(o.value for o in UNSTABLE)
+
+
+def _p_diverged(row: Row) -> float:
+    p = row.metrics.get(P_DIVERGED)
+    if p is not None and 0 <= p <= 1:
+        return float(p)
+    return 1.0 if row.outcome in UNSTABLE_VALUES else 0.0
 
 
 def save_journal(table: SweepTable, path: str | Path) -> Path:

@@ -9,7 +9,8 @@ from typing import Any
 
 from gradtune.credentials import redact
 from gradtune.note import ui_link
-from gradtune.outcome import Outcome
+from gradtune.outcome import RESCUES, Outcome
+from gradtune.rescue import lineage_line, parse
 from gradtune.sweep import SweepResult
 
 
@@ -39,6 +40,7 @@ def render(result: SweepResult, wall: float | None = None) -> str:
     spec = result.spec
     counts = result.counts()
     trials = result.trials
+    metric = spec.search.metric
     lines = [
         "",
         f"gradtune sweep '{spec.name}': {len(trials)} trials in {wall or result.seconds:.0f}s"
@@ -50,13 +52,18 @@ def render(result: SweepResult, wall: float | None = None) -> str:
         lines.append(f"    diverged at step {verdict.step}: {verdict.reason}")
     if len(diverged) > 5:
         lines.append(f"    ... and {len(diverged) - 5} more (tag gradtune.outcome=diverged)")
+    rescued = [t for t in trials if t.outcome is Outcome.RESCUED]
+    for record in rescued[:5]:
+        line = lineage_line(parse(record.result.get(RESCUES)))
+        lines.append(f"    rescued: {line}; {metric}={_fmt(record.result.get(metric, '-'))}")
+    if len(rescued) > 5:
+        lines.append(f"    ... and {len(rescued) - 5} more (tag gradtune.outcome=rescued)")
     failed = [t for t in trials if t.outcome is Outcome.FAILED]
     for record in failed[:5]:
         lines.append(f"    failed: {record.error}")
     if len(failed) > 5:
         lines.append(f"    ... and {len(failed) - 5} more (tag gradtune.failure)")
     best = result.best()
-    metric = spec.search.metric
     if best is None:
         lines.append(f"  no trial completed with a finite {metric}")
     else:

@@ -32,12 +32,21 @@ from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
-from gradtune import failure, note, outcome, seeds
+from gradtune import failure, note, onset, outcome, rescue, seeds
 from gradtune import spec as spec_mod
 from gradtune.credentials import redact
 from gradtune.outcome import Ledger, TrialRecord
 from gradtune.params import trial_params
-from gradtune.runview import RUN_STATUS, TUNE_KEYS, ended_name, metrics_of, run_name, window_points
+from gradtune.runview import (
+    RUN_STATUS,
+    TUNE_KEYS,
+    ended_name,
+    metrics_of,
+    replay_tags,
+    rescue_tags,
+    run_name,
+    window_points,
+)
 from gradtune.spec import SweepSpec
 from gradtune.writer import Point, Writer, quiet_http_retries
 
@@ -125,6 +134,8 @@ class MLflowTracking(Callback):
         # trial id -> (step, grad_norm) of every point logged by this driver (a resumed
         # sweep's start with its resume), for the report read at the sweep's end.
         self.traces: dict[str, list[tuple[int, float]]] = {}
+        self.rollbacks: dict[str, int] = {}  # trial id -> rescues seen (outcome.RESCUES)
+        self.onset_tagged: set[str] = set()  # trial ids with gradtune.onset_layer
 
     def __getstate__(self) -> dict[str, Any]:
         """What Tune pickles into ``tuner.pkl`` (RunConfig.callbacks are part of it): no
@@ -261,7 +272,8 @@ class MLflowTracking(Callback):
         # A retry or a resumed sweep reports again the steps between its checkpoint and the
         # stop: the first report of a step stands (on CPU the two are the same).
         step = int(result.get(outcome.STEP, 0))
-        after = self.logged_step.get(trial.trial_id, 0)
+        after = self._after_rollback(trial.trial_id, result)
+        self._onset(trial.trial_id, key, result)
         if step and step <= after:
             return
         self.logged_step[trial.trial_id] = step
@@ -273,6 +285,34 @@ class MLflowTracking(Callback):
         self.writer.put("metrics", key, points=points)
         trace = self.traces.setdefault(trial.trial_id, [])
         trace += [(p.step, p.value) for p in points if p.key == "grad_norm"]
+
+    def _after_rollback(self, trial_id: str, result: dict[str, Any]) -> int:
+        """The last step logged, except after a new rollback (a rescue): then the rollback's
+        checkpoint step, so the rescued steps are logged again (MLflow keeps both points of
+        such a step; ``rescue_attempts`` tells them apart)."""
+        after = self.logged_step.get(trial_id, 0)
+        rollbacks = rescue.parse(result.get(outcome.RESCUES))
+        if len(rollbacks) > self.rollbacks.get(trial_id, 0):
+            self.rollbacks[trial_id] = len(rollbacks)
+            after = min(after, int(rollbacks[-1]["to_step"]))
+            self.logged_step[trial_id] = after
+        return after
+
+    def _onset(self, trial_id: str, key: str, result: dict[str, Any]) -> None:
+        """A verdict's per-layer onset (``outcome.ONSET``): the artifacts
+        ``onset/verdict_<n>_step_<step>.json`` and ``.csv`` (the trial's n-th verdict), and
+        the tag ``gradtune.onset_layer`` (the first verdict's: where the configuration as
+        proposed started to diverge)."""
+        assert self.writer is not None
+        found = onset.from_json(result.get(outcome.ONSET))
+        if found is None:
+            return
+        name = f"onset/verdict_{int(found.get('verdict', 1))}_step_{int(found['verdict_step'])}"
+        self.writer.put("text", key, path=f"{name}.json", text=result[outcome.ONSET])
+        self.writer.put("text", key, path=f"{name}.csv", text=onset.to_csv(found))
+        if trial_id not in self.onset_tagged and found.get("onset_layer"):
+            self.onset_tagged.add(trial_id)
+            self.writer.put("tags", key, tags={"gradtune.onset_layer": str(found["onset_layer"])})
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self._end(trial, errored=False)
@@ -344,7 +384,8 @@ def end_tags(record: TrialRecord) -> list[RunTag]:
         tags.append(RunTag("gradtune.node_id", str(node)))
     # search.seeds > 1: P(diverged) and each seed's outcome (step and reason if it diverged).
     tags += [RunTag(k, v) for k, v in seeds.tags(record.result, record.outcome).items()]
-    return tags
+    more = {**rescue_tags(record.result), **replay_tags(record.result)}
+    return tags + [RunTag(k, v) for k, v in more.items()]
 
 
 def _param_value(value: Any) -> str:

@@ -19,6 +19,16 @@ Every ``checkpoint_every`` steps the report carries a checkpoint of the whole tr
 trial goes on after its step: the reports continue from there, and on CPU they are those
 of the uninterrupted trial.
 
+With ``divergence.rescue`` (:mod:`gradtune.rescue`, :mod:`gradtune.rollback`), a verdict
+with a healthy checkpoint does not end the trial: it rolls back to a host copy of that
+checkpoint (or to the initial state when the trial had not learned by then), adds the next
+remedy and goes on to the same last step; reports then carry ``rescue_attempts``,
+``steps_computed`` and the lineage (``rescues``), and the steps after the checkpoint are
+reported again. With ``divergence.onset``, per-layer norms are kept on the device
+(:class:`gradtune.telemetry.LayerNorms`) and a verdict carries where it started
+(``onset``, :mod:`gradtune.onset`). The first verdict's seed, step, checkpoint step and
+batches (``replay``) are carried from then on, for ``gradtune replay``.
+
 NaN and inf: the monitor sees every step's loss and gradient norm. On a verdict (always on a
 non-finite value) the trial evaluates once, reports at once with ``diverged=1``,
 ``divergence_reason``, ``divergence_step`` and its last steps' loss, gradient norm and
@@ -30,6 +40,7 @@ step) nor with a verdict.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections import deque
@@ -38,7 +49,7 @@ from typing import Any, Protocol
 
 import torch
 
-from gradtune import checkpoint, clipping, healthy, outcome, signals, telemetry, workloads
+from gradtune import checkpoint, clipping, healthy, onset, outcome, rollback, signals, telemetry, workloads
 from gradtune.outcome import Verdict
 from gradtune.params import OPTIMIZERS, trial_params
 from gradtune.precision import Precision
@@ -163,7 +174,7 @@ class StepMonitor(Protocol):
 
 def train(
     spec: SweepSpec, config: dict[str, Any], report: Report, monitor: StepMonitor | None = None,
-    save: Save | None = None, resume: dict[str, Any] | None = None,
+    save: Save | None = None, resume: dict[str, Any] | None = None, layer_steps: int | None = None,
 ) -> dict[str, Any]:
     """Train one configuration; call ``report(metrics)`` every ``report_every`` steps and
     at the end. Returns the last metrics reported.
@@ -173,7 +184,9 @@ def train(
     when given, is called instead of ``report`` every ``training.checkpoint_every`` steps:
     it reports ``metrics`` with a checkpoint of ``state`` (:func:`checkpoint.capture`; write
     it before returning, it shares tensors with the trial). ``resume``, a state
-    :func:`checkpoint.load` read, makes the trial go on after that state's step."""
+    :func:`checkpoint.load` read, makes the trial go on after that state's step.
+    ``layer_steps`` sets how many steps of per-layer norms a verdict carries (default
+    :func:`last_steps`; ``gradtune replay`` keeps the whole run)."""
     params = trial_params(spec, config)
     t = spec.training
     device = resolve_device(t.device)
@@ -202,23 +215,50 @@ def train(
     last = LastSteps(last_steps(spec))
     data = checkpoint.Position(wl.train_batches)
     marks = healthy.Marks(spec.divergence.window)
-    every = t.checkpoint_every if save is not None else None
     # Everything that a checkpoint saves; a restore puts it back and the loop goes on.
     state = {"model": model, "optimizer": optimizer, "schedule": schedule, "scaler": amp.scaler,
              "clipper": clip, "judge": judge, "window": window, "val": val, "data": data,
              "marks": marks, "last": last}
+    rescuer = None
+    if spec.divergence.rescue.enabled and t.checkpoint_every:
+        own = (params["clip_method"], params.get("clip_threshold"))
+        rescuer = rollback.Rescuer(spec.divergence.rescue, optimizer, schedule, own)
+        state["rescue"] = rescuer
+    layers = None
+    if spec.divergence.onset:
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        layers = telemetry.LayerNorms([n for n, _ in named], [p for _, p in named],
+                                      layer_steps or last_steps(spec))
+        state["layers"] = layers
+    every = t.checkpoint_every if (save is not None or rescuer is not None) else None
     start = 1
     if resume is not None:
+        if rescuer is not None and "rescue" in resume["parts"]:
+            rescuer.load_state_dict(resume["parts"]["rescue"])  # its remedies pick the clipper
+            clip = rescuer.apply(clip) or clip
+            state["clipper"] = clip
         start = checkpoint.restore(resume, state) + 1
+        if rescuer is not None:
+            rescuer.apply(clip)  # the restored schedule holds the rates of its own time
         log.info("trial resumed from its checkpoint at step %d", start - 1)
+    if rescuer is not None and start == 1:  # the initial state: a rescue's restart point
+        rescuer.keep(0, checkpoint.capture(0, state), [0])
+    # The first verdict, for `gradtune replay` (outcome.REPLAY); a rescue keeps it.
+    replay: str | None = rescuer.replay if rescuer is not None else None
+    pending_onset: str | None = None  # a rescued verdict's onset, for the next report
 
-    for step in range(start, t.steps + 1):
+    step = start
+    while step <= t.steps:
+        for _ in range(rescuer.skip(step) if rescuer is not None else 0):
+            next(data)  # the skip remedy: batches the diverging attempt saw last
         x, y = next(data)
         with amp.autocast():
             loss = wl.loss_fn(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         amp.backward(loss)
         amp.unscale(optimizer)  # clipping and telemetry see the true gradients
+        if layers is not None:
+            layers.record(step)  # per-layer pre-clip norms, on the device (no sync)
         grad_norm, clipped = clip(weights)  # pre-clip global L2 norm
         updates.before_step()
         lr = schedule.get_last_lr()[0]
@@ -235,6 +275,28 @@ def train(
         window.add(loss_v, norm_v, bool(clipped_v))
         last.rows.append([step, loss_v, norm_v, ratio_v])
         verdict = judge(step, loss_v, norm_v, ratio_v, signals_v)
+        if rescuer is not None:
+            rescuer.computed += 1
+        onset_text = None
+        if verdict is not None:
+            found = layers.where_it_started(verdict.step) if layers is not None else None
+            if found is not None:
+                found["verdict"] = 1 + (len(rescuer.rescues) if rescuer is not None else 0)
+                onset_text = onset.to_json(found)
+            if replay is None:
+                replay = replay_info(spec, device, verdict, marks.healthy(verdict.step), data.drawn)
+                if rescuer is not None:
+                    rescuer.replay = replay
+            healthy_step = marks.healthy(verdict.step)
+            back = rescuer.target(healthy_step, wl.reference_loss) if rescuer is not None else None
+            if rescuer is not None and back is not None:
+                rescuer.rollback(verdict.step, verdict.reason, back, state,
+                                 found["onset_layer"] if found else None)
+                clip = rescuer.apply(clip) or clip
+                state["clipper"] = clip
+                pending_onset = onset_text
+                step = back + 1
+                continue
         done = verdict is not None or step == t.steps
         if done or step % eval_every == 0:
             val.update(workloads.evaluate(wl))
@@ -251,19 +313,34 @@ def train(
                 outcome.FINAL: int(done),
                 outcome.HEALTHY_STEP: marks.healthy(step),
             }
+            if rescuer is not None:
+                metrics.update(rescuer.keys())
+            if pending_onset is not None:
+                metrics[outcome.ONSET], pending_onset = pending_onset, None
+            if replay is not None:
+                metrics[outcome.REPLAY] = replay
             if verdict is not None:
                 metrics.update(verdict.keys())
                 metrics[outcome.WINDOW] = list(last.rows)
+                if onset_text is not None:
+                    metrics[outcome.ONSET] = onset_text
             window.reset()
             finite = math.isfinite(loss_v) and math.isfinite(norm_v)
-            if save is not None and every and step % every == 0 and finite and not done:
+            if every and step % every == 0 and finite and not done:
                 marks.add(step)
-                save(metrics, checkpoint.capture(step, state, marks.healthy(step)))
+                captured = checkpoint.capture(step, state, marks.healthy(step))
+                if rescuer is not None:
+                    rescuer.keep(step, captured, marks.steps, metrics["train_loss"])
+                if save is not None:
+                    save(metrics, captured)
+                else:
+                    report(metrics)
             else:
                 report(metrics)
         if verdict is not None:
             log.info("trial diverged at step %d: %s", verdict.step, verdict.reason)
             break
+        step += 1
     return metrics
 
 
@@ -273,3 +350,14 @@ def last_steps(spec: SweepSpec) -> int:
     :data:`outcome.MAX_WINDOW`."""
     return min(outcome.MAX_WINDOW, max(spec.training.report_every, spec.divergence.window))
 
+
+
+def replay_info(spec: SweepSpec, device: torch.device, verdict: Verdict, healthy_step: int,
+                drawn: int) -> str:
+    """:data:`outcome.REPLAY` of the first verdict: the seed, the device, the verdict's step,
+    the healthy checkpoint's step and the batch indices (1-based positions in the batch
+    stream) of the rules' window before the verdict. JSON text."""
+    first = max(1, drawn - min(spec.divergence.window, verdict.step) + 1)
+    return json.dumps({"seed": spec.training.seed, "device": device.type,
+                       "divergence_step": verdict.step, "checkpoint_step": healthy_step,
+                       "onset_batches": [first, drawn], "reason": verdict.reason})

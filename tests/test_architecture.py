@@ -11,14 +11,15 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "gradtune"
 
 FLOORS = [
-    {"errors", "outcome", "interrupt", "spool", "healthy"},
-    {"params", "credentials", "address", "runview", "seeds"},
+    {"errors", "outcome", "interrupt", "spool", "healthy", "rescue"},
+    {"params", "credentials", "address", "runview", "seeds", "onset"},
     {"spec", "attention", "note"},
     {"signals", "search_space", "workloads", "clipping", "telemetry", "precision", "feasibility",
      "writer", "checkpoint", "failure", "table"},
+    {"rollback"},
     {"trial", "searcher", "scheduler", "tracking", "study"},
     {"multiseed", "seedactor"},
-    {"trainable"},
+    {"trainable", "replay"},
     {"progress", "plots"},
     {"report"},
     {"sweep"},

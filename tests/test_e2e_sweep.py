@@ -165,3 +165,35 @@ def test_a_searched_workload_option_reaches_the_model_mlflow_and_the_attention_r
     assert plain.data.tags["gradtune.divergence_reason"].startswith("attention")
     assert normed.data.tags["gradtune.outcome"] == "completed"
     assert normed.data.metrics["attn_logit_max"] < 100
+
+
+def test_a_rescue_in_a_real_sweep_shows_its_lineage_in_mlflow(ray_session, tiny_spec):
+    """A plug-in that blows up at batch 60 (tests/rescue_plugins.py) is rolled back to its
+    healthy checkpoint at step 40 twice (LR, then clipping) and trains to the end."""
+    spec = tiny_spec(**{
+        "name": "e2e-rescue",
+        "workload.name": "tests.rescue_plugins:poisoned",
+        "workload.options": {"poison_at": 60},
+        "search.sampler": "grid",
+        "search.space": {"lr": [0.1]},
+        "training.steps": 100,
+        "training.report_every": 10,
+        "training.checkpoint_every": 10,
+        "divergence.rescue": {"attempts": 2},
+        "divergence.onset": True,
+    })
+    result = sweep.run(spec)
+    assert result.counts()["rescued"] == 1
+    client = MlflowClient(result.tracking_uri)
+    parent, kids = children(client, result)
+    (run,) = kids
+    tags = run.data.tags
+    assert tags["gradtune.outcome"] == "rescued" and run.info.status == "FINISHED"
+    assert tags["gradtune.rescue_lineage"] == "60->40 lr x0.5; 60->40 clip norm@1.17"
+    assert (tags["gradtune.rescued_from_step"], tags["gradtune.rescued_to_step"]) == ("60", "40")
+    assert tags["gradtune.onset_layer"] == "branches.hot.weight"
+    assert tags["gradtune.checkpoint_step"] == "40" and tags["gradtune.onset_batches"] == "41-60"
+    assert run.data.metrics["rescue_attempts"] == 2 and run.data.metrics["steps_computed"] == 140
+    assert parent.data.metrics["trials_rescued"] == 1
+    paths = {a.path for a in client.list_artifacts(run.info.run_id, "onset")}
+    assert "onset/verdict_1_step_60.json" in paths

@@ -29,7 +29,8 @@ def ledger() -> Ledger:
 def test_the_note_explains_the_sweep():
     text = note.render(ledger(), "quickstart", "val_loss", "min", KNOBS, {"good": "run-abc"}, "7")
     lines = text.splitlines()
-    assert lines[0] == "**gradtune sweep `quickstart`**: 6 trials — 2 completed, 3 diverged, 1 pruned, 0 failed"
+    assert lines[0] == ("**gradtune sweep `quickstart`**: 6 trials — "
+                        "2 completed, 3 diverged, 0 rescued, 1 pruned, 0 failed")
     assert "[trial 0](#/experiments/7/runs/run-abc): val_loss = 0.15, val_accuracy = 0.96" in lines
     assert "| norm | layer |" in lines and "| init_scale | 1 |" in lines
     assert "| grad_norm grew #x in # steps | 2 | 22 |" in lines
@@ -83,3 +84,13 @@ def test_the_link_opens_the_runs_table_in_model_training_mode():
     assert note.ui_link("sqlite:////tmp/m.db", "3") == "http://127.0.0.1:5000" + tail
     assert note.ui_link("sqlite:////tmp/m.db", "3", base="http://0.0.0.0:8080") == "http://0.0.0.0:8080" + tail
     assert note.ui_link("sqlite:////tmp/m.db", None) == "http://127.0.0.1:5000"
+
+
+def test_the_note_lists_rescued_trials():
+    from gradtune.outcome import Ledger
+
+    ledger_ = Ledger()
+    lineage = '[{"attempt": 1, "from_step": 120, "to_step": 80, "remedy": "lr x0.5", "reason": "r"}]'
+    ledger_.end("s", {"norm": "none"}, {"final": 1, "val_loss": 0.2, "rescue_attempts": 1, "rescues": lineage})
+    text = note.render(ledger_, "q", "val_loss", "min", ["norm"], {"s": "run-s"}, "7")
+    assert "| [trial 0](#/experiments/7/runs/run-s) | 120->80 lr x0.5 | 0.2 |" in text

@@ -36,7 +36,7 @@ def test_outcome_of(result, verdict, errored, expected):
 
 
 def test_outcomes_are_the_mlflow_tag_values():
-    assert outcome.OUTCOMES == ("completed", "diverged", "pruned", "failed")
+    assert outcome.OUTCOMES == ("completed", "diverged", "rescued", "pruned", "failed")
     assert str(Outcome.DIVERGED) == "diverged" and Outcome("pruned") is Outcome.PRUNED
 
 
@@ -55,7 +55,7 @@ def test_the_ledger_ends_each_trial_once_and_keeps_the_first_verdict():
     assert "pid" not in first.result and math.isnan(first.result["val_loss"])
     assert ledger.end("b", {}, {"step": 40, "final": 1, "time_total_s": 4.5}).outcome is Outcome.COMPLETED
     assert ledger.compute_seconds() == 7.5  # Tune's training time of each, summed
-    assert ledger.counts() == {"completed": 1, "diverged": 1, "pruned": 0, "failed": 0}
+    assert ledger.counts() == {"completed": 1, "diverged": 1, "rescued": 0, "pruned": 0, "failed": 0}
     assert [r.trial_id for r in ledger.ordered()] == ["b", "a"]
     clone = pickle.loads(pickle.dumps(ledger))  # Tune checkpoints what holds it
     assert clone.verdicts == ledger.verdicts and clone.counts() == ledger.counts()

@@ -52,3 +52,12 @@ def test_the_line_ends_with_the_outcomes_so_far():
     counts = {"completed": 10, "diverged": 2, "pruned": 1, "failed": 0}
     assert progress.line(record, 13, 24, "val_loss", counts).endswith(
         "val_loss=0.5  | 10 completed, 2 diverged, 1 pruned")
+
+
+def test_a_rescued_trial_says_its_rollbacks():
+    ledger = Ledger()
+    lineage = '[{"attempt": 1, "from_step": 120, "to_step": 80, "remedy": "lr x0.5", "reason": "r"}]'
+    record = ledger.end("r", KNOBS, {"step": 300, "final": 1, "val_loss": 0.2, "rescue_attempts": 1,
+                                     "rescues": lineage})
+    assert progress.line(record, 1, 2, "val_loss").endswith(
+        "rescued    norm=none clip=none init=3.2 bs=64  val_loss=0.2  after 120->80 lr x0.5")

@@ -98,3 +98,15 @@ def test_tpe_is_screened_for_divergence_risk_and_random_is_not():
     assert isinstance(make()._sampler, FeasibleSampler)
     random, _ = searcher.make(load(None, {"search.sampler": "random"}))
     assert not isinstance(random._sampler, FeasibleSampler)
+
+
+def test_a_rescued_trial_is_told_as_infeasible_like_a_diverged_one():
+    """The configuration as proposed diverged; the remedy's objective stays out of the study."""
+    search = make()
+    search.suggest("ok")
+    search.suggest("saved")
+    search.on_trial_complete("ok", {"val_loss": 0.9, "final": 1, "diverged": 0})
+    search.on_trial_complete("saved", {"val_loss": 0.1, "final": 1, "diverged": 0, "rescue_attempts": 1})
+    saved = frozen(search, "saved")
+    assert saved.state == TrialState.COMPLETE and saved.constraints == {"diverged": 1.0}
+    assert saved.value == 0.9  # the worst feasible objective, not the rescued 0.1

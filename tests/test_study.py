@@ -39,8 +39,10 @@ def test_each_outcome_has_a_faithful_state_constraint_and_attrs():
     t = s.trials
     assert [x.state for x in t] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.COMPLETE,
                                     TrialState.PRUNED, TrialState.FAIL, TrialState.COMPLETE]
+    # rescued: unstable as proposed, told as the searcher tells it (infeasible, the worst value)
     assert [x.constraints for x in t] == [{"diverged": -1.0}, {"diverged": -1.0}, {"diverged": 1.0},
-                                          {"diverged": -1.0}, {}, {"diverged": -1.0}]
+                                          {"diverged": -1.0}, {}, {"diverged": 1.0}]
+    assert t[5].value == 2.0 and t[5].user_attrs["objective"] == 1.5
     assert t[2].value == 2.0  # the worst completed objective, as the searcher tells it
     assert t[2].user_attrs["objective"] is None
     assert (t[2].user_attrs["outcome"], t[2].user_attrs["divergence_step"]) == ("diverged", 15)
@@ -55,12 +57,17 @@ def test_a_diverged_trial_with_nothing_finite_fails_and_max_mode_maximizes():
     assert s.trials[0].state is TrialState.FAIL and s.direction == optuna.study.StudyDirection.MAXIMIZE
 
 
-def test_divergence_study_is_one_for_diverged_and_leaves_failed_out():
+def test_divergence_study_is_p_diverged_and_leaves_failed_out():
+    from dataclasses import replace
+
+    shaky = _tables.row(4, "completed")
+    shaky = replace(shaky, metrics={**shaky.metrics, "p_diverged": 2 / 3})  # 2 of 3 seeds diverged
     rows = [_tables.row(0, "completed"), _tables.row(1, "diverged", None), _tables.row(2, "pruned"),
-            _tables.row(3, "failed")]
+            _tables.row(3, "failed"), shaky, _tables.row(5, "rescued", 1.5)]
     s = study.divergence_study(_tables.table(rows))
-    assert [(x.user_attrs["outcome"], x.value) for x in s.trials] == [("completed", 0.0), ("diverged", 1.0),
-                                                                      ("pruned", 0.0)]
+    assert [(x.user_attrs["outcome"], x.value) for x in s.trials] == [
+        ("completed", 0.0), ("diverged", 1.0), ("pruned", 0.0), ("completed", 2 / 3), ("rescued", 1.0)]
+    assert study.to_study(_tables.table(rows)).trials[4].constraints == {"diverged": 2 / 3}
 
 
 def test_the_journal_reopens_with_the_same_trials(tmp_path):

@@ -28,7 +28,7 @@ def test_summary_counts_reasons_best_and_ui_command():
     text = summary.render(sweep_result(ledger))
     lines = text.splitlines()
     assert "gradtune sweep 'quickstart': 3 trials in 12s" in lines
-    assert "  completed: 2  diverged: 1  pruned: 0  failed: 0" in lines
+    assert "  completed: 2  diverged: 1  rescued: 0  pruned: 0  failed: 0" in lines
     assert "    diverged at step 20: grad_norm 1e5 is 1e4x the cohort median at step 20" in lines
     assert "  best trial (val_loss min): val_loss=0.15, val_accuracy=0.96" in lines
     assert "    norm=layer, init_scale=1" in lines and "    MLflow run run-good" in lines
@@ -68,7 +68,7 @@ def test_summary_lists_failed_trials_with_their_reason():
     ledger.end("bad", {}, {"step": 10}, errored=True, error="ValueError: boom at batch 12", failures=3)
     ledger.end("lost", {}, {"step": 5}, errored=True, error="worker died (ActorDiedError): exit code 2")
     lines = summary.render(sweep_result(ledger)).splitlines()
-    assert "  completed: 1  diverged: 0  pruned: 0  failed: 2" in lines
+    assert "  completed: 1  diverged: 0  rescued: 0  pruned: 0  failed: 2" in lines
     assert "    failed: ValueError: boom at batch 12" in lines
     assert "    failed: worker died (ActorDiedError): exit code 2" in lines
 
@@ -92,3 +92,14 @@ def test_summary_states_what_tracking_and_the_report_cost():
     assert "  MLflow tracking and the report took 2.5s (5.0% of the wall)" in summary.render(result, wall=50.0)
     result.tracking_s = 0.0
     assert "MLflow tracking" not in summary.render(result, wall=50.0)
+
+
+def test_rescued_trials_are_counted_and_listed_with_their_lineage_and_never_best():
+    ledger = Ledger()
+    lineage = '[{"attempt": 1, "from_step": 120, "to_step": 80, "remedy": "lr x0.5", "reason": "r"}]'
+    ledger.end("saved", {"norm": "none"}, {"final": 1, "val_loss": 0.1, "rescue_attempts": 1, "rescues": lineage})
+    ledger.end("good", {"norm": "layer"}, {"final": 1, "val_loss": 0.3})
+    lines = summary.render(sweep_result(ledger)).splitlines()
+    assert "  completed: 1  diverged: 0  rescued: 1  pruned: 0  failed: 0" in lines
+    assert "    rescued: 120->80 lr x0.5; val_loss=0.1" in lines
+    assert "  best trial (val_loss min): val_loss=0.3" in lines  # the configuration as proposed diverged

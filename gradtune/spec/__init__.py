@@ -8,6 +8,8 @@ from gradtune.spec.schema import (
     DivergenceSpec,
     OptimizerSpec,
     Range,
+    RescueClipSpec,
+    RescueSpec,
     ResourcesSpec,
     SearchSpec,
     SweepSpec,
@@ -18,7 +20,7 @@ from gradtune.spec.schema import (
 )
 
 __all__ = [
-    "DivergenceSpec", "OptimizerSpec", "Range", "ResourcesSpec", "SearchSpec", "SweepSpec",
-    "TrackingSpec", "TrainingSpec", "WorkloadSpec", "beyond", "check_dimension", "describe", "dump",
-    "flatten", "load", "parse_set", "read_yaml", "set_dotted", "validate",
+    "DivergenceSpec", "OptimizerSpec", "Range", "RescueClipSpec", "RescueSpec", "ResourcesSpec",
+    "SearchSpec", "SweepSpec", "TrackingSpec", "TrainingSpec", "WorkloadSpec", "beyond", "check_dimension",
+    "describe", "dump", "flatten", "load", "parse_set", "read_yaml", "set_dotted", "validate",
 ]

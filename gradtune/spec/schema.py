@@ -181,6 +181,39 @@ class TrackingSpec(_Frozen):
         return limits.check_experiment(experiment)
 
 
+class RescueClipSpec(_Frozen):
+    """The clipping a rescue adds (or tightens to): ``method`` and ``threshold`` as in
+    ``search.space`` (``clip_method``, ``clip_threshold``); ``threshold: null`` takes twice
+    the median pre-clip gradient norm of the healthy steps before the checkpoint."""
+
+    method: Literal["norm", "value", "agc"] = "norm"
+    threshold: float | None = Field(default=None, gt=0)
+
+
+class RescueSpec(_Frozen):
+    """Rolling a diverging trial back to its last healthy checkpoint instead of stopping it
+    (:mod:`gradtune.rescue`): at most ``attempts`` rollbacks, each adding the next remedy of
+    the ladder (lower LR by ``lr_factor``, then ``clip``, then skipping the
+    ``skip_batches`` batches before the verdict); a remedy set to ``null`` (``0`` for
+    ``skip_batches``) is left out of the ladder. ``attempts: 0`` is off (the default)."""
+
+    attempts: int = Field(default=0, ge=0, le=10)
+    lr_factor: float | None = Field(default=0.5, gt=0, lt=1)
+    clip: RescueClipSpec | None = Field(default_factory=RescueClipSpec)
+    skip_batches: int = Field(default=0, ge=0)  # 0: not a rung; else that many batches
+
+    @model_validator(mode="after")
+    def _some_remedy(self) -> RescueSpec:
+        if self.attempts and self.lr_factor is None and self.clip is None and not self.skip_batches:
+            raise ValueError("a rescue needs at least one remedy (lr_factor, clip or skip_batches), "
+                             f"but got none with attempts={self.attempts}")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.attempts > 0
+
+
 class DivergenceSpec(_Frozen):
     """When a trial counts as diverging. A threshold of ``null`` turns its rule off; the
     non-finite rule (NaN/inf loss or gradient norm) is always on."""
@@ -200,6 +233,11 @@ class DivergenceSpec(_Frozen):
     cohort_min_trials: int = Field(default=4, ge=2)
     scheduler: Literal["none", "asha", "median"] = "none"  # performance pruning
     grace_reports: int = Field(default=3, ge=1)  # reports before performance pruning
+    rescue: RescueSpec = Field(default_factory=RescueSpec)  # off unless attempts > 0
+    # Per-layer gradient and weight norms kept on the device for the verdict's "where it
+    # started" table (gradtune.onset): one foreach norm per step, ~8% of a quickstart step
+    # on CPU (docs/performance.md), so opt-in; `gradtune replay` always has them.
+    onset: bool = False
 
 
 class SweepSpec(_Frozen):
@@ -216,6 +254,19 @@ class SweepSpec(_Frozen):
     @classmethod
     def _name(cls, name: str) -> str:
         return limits.check_name(name)
+
+    @model_validator(mode="after")
+    def _rescue_needs_checkpoints(self) -> SweepSpec:
+        if self.divergence.rescue.enabled and not self.training.checkpoint_every:
+            raise ValueError("divergence.rescue rolls back to a trial checkpoint; it needs "
+                             "training.checkpoint_every > 0, but got "
+                             f"{self.training.checkpoint_every!r}")
+        if self.divergence.rescue.enabled and self.search.seeds > 1:
+            # A trial of several seeds judges each seed diverged or not (p_diverged); a
+            # rescued seed is neither, and counting it either way would misreport it.
+            raise ValueError("divergence.rescue works with one seed per configuration; "
+                             f"search.seeds is {self.search.seeds}")
+        return self
 
     @property
     def experiment(self) -> str:
