@@ -232,7 +232,7 @@ def _write_report(spec: SweepSpec, ledger: Ledger, tracker: tracking.MLflowTrack
     (logged: a report never fails the sweep)."""
     started = time.monotonic()
     try:
-        rows = table.from_ledger(spec, ledger, tracker.run_ids(), tracker.traces,
+        rows = table.from_ledger(spec, ledger, tracker.run_ids(), tracker.traces, tracker.onsets,
                                  experiment=spec.experiment, experiment_id=tracker.experiment_id,
                                  parent_run_id=tracker.parent_id)
         report.write(rows, out)

@@ -7,13 +7,18 @@
   metrics, the ``grad_norm`` history). MLflow params are strings; they are typed again with
   the spec's search space and :data:`gradtune.params.PARAMS`.
 
+A trial's ``onset`` (where its first divergence started, :mod:`gradtune.onset`) is, from
+the driver, the first verdict's onset tracking logged; from MLflow, the lowest-numbered
+``onset/verdict_<n>_step_<step>.json`` of a run tagged ``gradtune.onset_layer`` (only
+those runs' artifacts are listed and read).
+
 Both give equal tables for the same sweep. Only trials that ended with an outcome are rows
 (a run tagged ``interrupted``, or still without an outcome tag, is not).
 
 NaN and inf: ``Row.metrics`` keeps final values as measured (a blown-up ``grad_norm`` stays
 ``inf``; MLflow's SQL store saves inf as the largest float, read back here as inf),
 ``Row.value`` is the objective when it is finite, else ``None``, and traces keep every point
-as logged.
+as logged; an onset keeps a non-finite norm as ``None`` (its JSON ``null``).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -28,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gradtune import onset as onset_mod
 from gradtune import spec as spec_mod
 from gradtune.credentials import redact
 from gradtune.errors import GradtuneError
@@ -39,9 +46,11 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
 
-__all__ = ["Row", "SweepTable", "from_ledger", "from_mlflow", "latest_sweep"]
+__all__ = ["Row", "SweepTable", "from_ledger", "from_mlflow", "latest_sweep", "read_onset"]
 
 TRACE_METRIC = "grad_norm"
+ONSET_TAG = "gradtune.onset_layer"
+ONSET_ARTIFACT = re.compile(r"onset/verdict_(\d+)_step_(\d+)\.json")
 # What Row.metrics may hold (P_DIVERGED: a trial of several seeds, search.seeds)
 ROW_METRICS: tuple[str, ...] = (*METRICS, *SIGNALS, P_DIVERGED)
 
@@ -50,7 +59,9 @@ ROW_METRICS: tuple[str, ...] = (*METRICS, *SIGNALS, P_DIVERGED)
 class Row:
     """One ended trial. ``outcome`` is a value of :class:`~gradtune.outcome.Outcome`;
     ``reason`` why it diverged (the verdict) or failed (one line), else ``None``;
-    ``value`` the finite objective or ``None``; ``trace`` the pre-clip grad norm by step."""
+    ``value`` the finite objective or ``None``; ``trace`` the pre-clip grad norm by step;
+    ``onset`` where its first divergence started (the :mod:`gradtune.onset` artifact's
+    dict), ``None`` when none was recorded."""
 
     number: int
     trial_id: str
@@ -62,6 +73,7 @@ class Row:
     value: float | None
     metrics: dict[str, float]
     trace: tuple[tuple[int, float], ...]
+    onset: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -97,7 +109,7 @@ def _trace(points: Sequence[tuple[int, float]]) -> tuple[tuple[int, float], ...]
 
 
 def _row_of(record: TrialRecord, metric: str, run_id: str | None,
-            trace: Sequence[tuple[int, float]]) -> Row:
+            trace: Sequence[tuple[int, float]], found: Mapping[str, Any] | None) -> Row:
     verdict = record.verdict
     return Row(
         number=record.number, trial_id=record.trial_id, run_id=run_id, params=dict(record.params),
@@ -105,19 +117,22 @@ def _row_of(record: TrialRecord, metric: str, run_id: str | None,
         reason=verdict.reason if verdict is not None else record.error,
         divergence_step=verdict.step if verdict is not None else None,
         value=record.objective(metric), metrics=_metrics(record.result), trace=_trace(trace),
+        onset=dict(found) if found is not None else None,
     )
 
 
 def from_ledger(spec: SweepSpec, ledger: Ledger, run_ids: Mapping[str, str] | None = None,
-                traces: Mapping[str, Sequence[tuple[int, float]]] | None = None, *,
+                traces: Mapping[str, Sequence[tuple[int, float]]] | None = None,
+                onsets: Mapping[str, Mapping[str, Any]] | None = None, *,
                 experiment: str | None = None, experiment_id: str | None = None,
                 parent_run_id: str | None = None) -> SweepTable:
     """The table of a sweep from the driver's memory: ``ledger``'s records, ``run_ids``
-    (trial id -> MLflow run id) and ``traces`` (trial id -> ``(step, grad_norm)`` points;
-    a trial without one gets an empty trace)."""
-    run_ids, traces = run_ids or {}, traces or {}
+    (trial id -> MLflow run id), ``traces`` (trial id -> ``(step, grad_norm)`` points;
+    a trial without one gets an empty trace) and ``onsets`` (trial id -> its first
+    verdict's onset dict, :func:`gradtune.onset.from_json`; else ``None``)."""
+    run_ids, traces, onsets = run_ids or {}, traces or {}, onsets or {}
     metric = spec.search.metric
-    rows = tuple(_row_of(r, metric, run_ids.get(r.trial_id), traces.get(r.trial_id, ()))
+    rows = tuple(_row_of(r, metric, run_ids.get(r.trial_id), traces.get(r.trial_id, ()), onsets.get(r.trial_id))
                  for r in ledger.ordered())
     return SweepTable(name=spec.name, experiment=experiment or spec.experiment,
                       experiment_id=experiment_id, parent_run_id=parent_run_id, metric=metric,
@@ -247,4 +262,19 @@ def _row_of_run(client: MlflowClient, spec: SweepSpec, run: Run, number: int) ->
         divergence_step=int(step) if step is not None else None,
         value=finite(metrics.get(spec.search.metric)), metrics=metrics,
         trace=_trace([(m.step, unclamped(m.value)) for m in history]),
+        onset=read_onset(client, run.info.run_id) if ONSET_TAG in tags else None,
     )
+
+
+def read_onset(client: MlflowClient, run_id: str) -> dict[str, Any] | None:
+    """The run's first verdict's onset: its lowest-numbered ``onset/verdict_<n>_step_<step>.json``
+    parsed (:func:`gradtune.onset.from_json`); ``None`` without one or for one that does not
+    parse."""
+    found = [(int(m[1]), a.path) for a in client.list_artifacts(run_id, "onset")
+             if (m := ONSET_ARTIFACT.fullmatch(a.path))]
+    if not found:
+        return None
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in the terminal
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(client.download_artifacts(run_id, min(found)[1], tmp))
+        return onset_mod.from_json(path.read_text(encoding="utf-8"))

@@ -32,7 +32,7 @@ from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
-from gradtune import failure, note, onset, outcome, rescue, seeds
+from gradtune import failure, note, onset, outcome, rescue, seeds, table
 from gradtune import spec as spec_mod
 from gradtune.credentials import redact
 from gradtune.outcome import Ledger, TrialRecord
@@ -136,6 +136,8 @@ class MLflowTracking(Callback):
         self.traces: dict[str, list[tuple[int, float]]] = {}
         self.rollbacks: dict[str, int] = {}  # trial id -> rescues seen (outcome.RESCUES)
         self.onset_tagged: set[str] = set()  # trial ids with gradtune.onset_layer
+        # trial id -> the onset (onset.from_json) of the verdict its tag names, for the report
+        self.onsets: dict[str, dict[str, Any]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         """What Tune pickles into ``tuner.pkl`` (RunConfig.callbacks are part of it): no
@@ -190,6 +192,11 @@ class MLflowTracking(Callback):
             norms = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "grad_norm"))
             self.logged_step[trial_id] = max((step for step, _ in norms), default=0)
             self.traces[trial_id] = norms
+            if table.ONSET_TAG in run.data.tags:  # only these runs' artifacts are read
+                self.onset_tagged.add(trial_id)
+                found = table.read_onset(client, run.info.run_id)
+                if found is not None:
+                    self.onsets[trial_id] = found
         self.writer.start()
         return parent_id
 
@@ -302,7 +309,7 @@ class MLflowTracking(Callback):
         """A verdict's per-layer onset (``outcome.ONSET``): the artifacts
         ``onset/verdict_<n>_step_<step>.json`` and ``.csv`` (the trial's n-th verdict), and
         the tag ``gradtune.onset_layer`` (the first verdict's: where the configuration as
-        proposed started to diverge)."""
+        proposed started to diverge), whose onset :attr:`onsets` keeps for the report."""
         assert self.writer is not None
         found = onset.from_json(result.get(outcome.ONSET))
         if found is None:
@@ -312,7 +319,8 @@ class MLflowTracking(Callback):
         self.writer.put("text", key, path=f"{name}.csv", text=onset.to_csv(found))
         if trial_id not in self.onset_tagged and found.get("onset_layer"):
             self.onset_tagged.add(trial_id)
-            self.writer.put("tags", key, tags={"gradtune.onset_layer": str(found["onset_layer"])})
+            self.onsets[trial_id] = found
+            self.writer.put("tags", key, tags={table.ONSET_TAG: str(found["onset_layer"])})
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self._end(trial, errored=False)

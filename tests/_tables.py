@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from gradtune import onset as onset_mod
 from gradtune import spec as spec_mod
 from gradtune.table import Row, SweepTable
 
@@ -15,6 +16,26 @@ SPACE = {
     "norm": ["none", "layer"],
     "batch_size": [16, 32],
 }
+
+
+LAYERS = ["embed.weight", "net.0.weight", "net.0.bias", "net.1.weight", "net.2.weight", "net.3.weight",
+          "net.4.weight", "head.weight"]
+
+
+def onset(verdict_step: int = 15, first: str = "net.1.weight", window: int = 15) -> dict[str, Any]:
+    """An onset artifact's dict as tracking logs it (:func:`gradtune.onset.to_json`, then read
+    back): ``first`` grows 3x a step from 5 steps before the verdict, the others later and
+    slower, ``head.weight`` NaN at the verdict."""
+    steps = list(range(verdict_step - window + 1, verdict_step + 1))
+    grads = []
+    for k, name in enumerate(LAYERS):
+        start, rate = (verdict_step - 5, 3.0) if name == first else (verdict_step - 2, 1.5 + 0.1 * k)
+        grads.append([0.1 * (k + 1) * rate ** max(0, s - start) for s in steps])
+    grads[LAYERS.index("head.weight")][-1] = math.nan
+    found = onset_mod.analyse(LAYERS, steps, grads, [[1.0] * len(steps)] * len(LAYERS), verdict_step)
+    back = onset_mod.from_json(onset_mod.to_json(found))
+    assert back is not None
+    return back
 
 
 def row(number: int, outcome: str = "completed", value: float | None = 1.0, **params: Any) -> Row:
@@ -32,7 +53,7 @@ def row(number: int, outcome: str = "completed", value: float | None = 1.0, **pa
                reason={"diverged": "grad norm 1e18 x its early median", "failed": "RuntimeError: boom"}.get(outcome),
                divergence_step=15 if diverged else None, value=value,
                metrics={"val_loss": value if value is not None else math.nan, "grad_norm": trace[-1][1]},
-               trace=trace)
+               trace=trace, onset=onset() if diverged else None)
 
 
 def table(rows: list[Row], space: dict[str, Any] | None = None, mode: str = "min") -> SweepTable:
@@ -82,7 +103,13 @@ def log_sweep(uri: str, swept: SweepTable, summary: bool = True) -> str:
             tags.update({"gradtune.divergence_reason": r.reason, "gradtune.divergence_step": str(r.divergence_step)})
         elif r.reason:
             tags["gradtune.failure"] = r.reason
+        if r.onset is not None:  # as tracking._onset logs it
+            tags["gradtune.onset_layer"] = r.onset["onset_layer"]
         run_id = client.create_run(experiment_id, tags=tags).info.run_id
+        if r.onset is not None:
+            name = f"onset/verdict_{r.onset['verdict']}_step_{r.onset['verdict_step']}"
+            client.log_text(run_id, onset_mod.to_json(r.onset), f"{name}.json")
+            client.log_text(run_id, onset_mod.to_csv(r.onset), f"{name}.csv")
         points = [Metric("grad_norm", v, 0, s) for s, v in r.trace]  # its last is metrics["grad_norm"]
         last = max((s for s, _ in r.trace), default=0)
         points += [Metric(k, v, 0, last) for k, v in r.metrics.items() if k != "grad_norm"]
@@ -104,7 +131,7 @@ def same(a: SweepTable, b: SweepTable, traces: bool = True) -> None:
             metrics = {k: ("nan" if math.isnan(v) else v) for k, v in r.metrics.items()}
             trace = tuple((s, "nan" if math.isnan(v) else v) for s, v in r.trace) if traces else ()
             rows.append((r.number, r.trial_id, r.run_id, r.params, r.outcome, r.reason, r.divergence_step,
-                         r.value, metrics, trace))
+                         r.value, metrics, trace, r.onset))
         return rows
 
     assert (a.name, a.experiment, a.metric, a.mode, a.spec) == (b.name, b.experiment, b.metric, b.mode, b.spec)

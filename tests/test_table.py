@@ -37,7 +37,7 @@ def test_from_ledger_keeps_outcome_reason_step_value_and_metrics():
     ledger.end("a", {"init_scale": 8.0}, {"step": 15, "val_loss": math.nan, "grad_norm": math.inf})
     ledger.end("c", {"init_scale": 1.0}, None, errored=True, error="RuntimeError: boom\n  at line 3")
     got = table.from_ledger(spec, ledger, {"a": "run-a"}, {"a": [(10, 1.0), (5, 0.5)]},
-                            experiment_id="7", parent_run_id="p")
+                            {"a": _tables.onset()}, experiment_id="7", parent_run_id="p")
     b, a, c = got.rows
     assert [r.number for r in got.rows] == [0, 1, 2] and got.experiment == "led"
     assert (b.outcome, b.value, b.metrics, b.reason, b.trace) == ("completed", 0.5, {"val_loss": 0.5, "grad_norm": 2.0},
@@ -45,6 +45,7 @@ def test_from_ledger_keeps_outcome_reason_step_value_and_metrics():
     assert (a.outcome, a.value, a.divergence_step, a.run_id) == ("diverged", None, 15, "run-a")
     assert a.reason == "grad norm 1e4 x its early median" and a.metrics["grad_norm"] == math.inf
     assert a.trace == ((5, 0.5), (10, 1.0))
+    assert a.onset == _tables.onset() and b.onset is None and c.onset is None
     assert (c.outcome, c.reason, c.value) == ("failed", "RuntimeError: boom at line 3", None)
 
 
@@ -58,6 +59,31 @@ def test_from_mlflow_reads_back_what_was_logged(tmp_path):
     _tables.same(replace(expected, rows=tuple(replace(r, run_id=run_ids[r.trial_id]) for r in expected.rows)), got)
     assert "interrupted" not in run_ids  # a run stopped in flight is no row
     assert table.latest_sweep(uri, "hand") == parent == table.latest_sweep(uri)
+
+
+def test_from_mlflow_reads_the_first_verdicts_onset_of_tagged_runs_only(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from gradtune import onset
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    parent = _tables.log_sweep(uri, _tables.sweep(6))
+    first = table.from_mlflow(uri, parent)
+    diverged = [r for r in first.rows if r.outcome == "diverged"]
+    assert diverged and all(r.onset == _tables.onset() for r in diverged)
+    assert diverged[0].onset is not None and diverged[0].onset["grad_norm"][-1][-1] is None  # NaN as null
+    assert all(r.onset is None for r in first.rows if r.outcome != "diverged")
+    client = MlflowClient(uri)
+    rescued = diverged[0].run_id
+    assert rescued is not None
+    later = _tables.onset(verdict_step=40, first="net.3.weight")
+    client.log_text(rescued, onset.to_json({**later, "verdict": 10}), "onset/verdict_10_step_40.json")
+    client.log_text(rescued, onset.to_json({**later, "verdict": 2}), "onset/verdict_2_step_40.json")
+    untagged = next(r.run_id for r in first.rows if r.outcome == "completed")
+    assert untagged is not None
+    client.log_text(untagged, onset.to_json(later), "onset/verdict_1_step_40.json")  # no tag: not read
+    again = {r.run_id: r for r in table.from_mlflow(uri, parent).rows}
+    assert again[rescued].onset == _tables.onset() and again[untagged].onset is None
 
 
 def test_without_summary_numbers_follow_start_order(tmp_path):

@@ -8,9 +8,10 @@ from types import SimpleNamespace
 
 from mlflow.tracking import MlflowClient
 
-from gradtune import note, outcome, tracking
+from gradtune import note, onset, outcome, tracking
 from gradtune.outcome import Ledger, Outcome, Verdict
 from gradtune.spec import SweepSpec
+from tests import _tables
 
 
 def test_run_name_is_readable():
@@ -120,8 +121,9 @@ def test_a_sweep_as_mlflow_shows_it(tmp_path):
                                               "final": int(step == 20)})
     tracker.on_trial_result(0, [], boom, {"step": 10, "grad_norm": 2.0, "train_loss": 1.0})
     window = [[s, 1.0, 10.0 ** s, 0.1] for s in range(5, 16)] + [[16, math.nan, math.inf, math.nan]]
+    found = _tables.onset(verdict_step=16)
     last = {"step": 16, "grad_norm": math.inf, "train_loss": math.nan, "final": 1,
-            **Verdict("loss is nan", 16).keys(), outcome.WINDOW: window}
+            **Verdict("loss is nan", 16).keys(), outcome.WINDOW: window, outcome.ONSET: onset.to_json(found)}
     tracker.on_trial_result(0, [], boom, last)
     tracker.on_trial_result(0, [], boom, last)  # a replayed report: logged once
     good.last_result = {"step": 20, "final": 1, "val_loss": 0.5, "val_accuracy": 0.9}
@@ -129,6 +131,7 @@ def test_a_sweep_as_mlflow_shows_it(tmp_path):
     tracker.on_trial_complete(0, [], good)
     tracker.on_trial_complete(0, [], boom)
     assert tracker.traces["boom"][:2] == [(10, 2.0), (11, 1e11)] and tracker.traces["boom"][-1] == (16, math.inf)
+    assert tracker.onsets == {"boom": found}  # the report's, as logged
     assert tracker.finish() == 0
     # what tracking cost: the callbacks above, and the writer's thread at work on SQLite
     assert 0 < tracker.busy_s and tracker.busy_s + tracker.writer.cpu_s <= tracker.cost_s
@@ -161,6 +164,7 @@ def test_a_sweep_as_mlflow_shows_it(tmp_path):
     again.reopen(parent)
     assert again.run_ids()["boom"] == ids["boom"] and again.logged_step["boom"] == 16
     assert again.traces["boom"][0] == (10, 2.0)
+    assert again.onsets == {"boom": found} and again.onset_tagged == {"boom"}  # read back: tagged runs only
     again.on_trial_start(0, [], boom)
     again.on_trial_complete(0, [], boom)
     again.finish()
