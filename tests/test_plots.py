@@ -56,6 +56,50 @@ def test_a_trace_of_only_nan_is_a_note():
     assert plot.png is None and "no grad-norm traces" in (plot.note or "")
 
 
+def test_onset_panels_draw_the_onset_layer_first_and_keep_nan_as_gaps():
+    from dataclasses import replace
+
+    from gradtune import onset
+    from gradtune.plots._onset import MAX_LAYERS, headline
+
+    grads = [[1.0] * 12 + [math.nan, math.inf, math.nan]] + [[0.5 * 2.0 ** max(0, s - 10) for s in range(1, 16)]] * 7
+    # not through JSON: NaN and inf as floats
+    raw = onset.analyse(_tables.LAYERS, list(range(1, 16)), grads, [[1.0] * 15] * 8, verdict_step=15)
+    rows = [_tables.row(0, "completed"), _tables.row(1, "diverged", None),
+            replace(_tables.row(2, "diverged", None), onset=raw), _tables.row(3, "rescued", 1.2)]
+    rows[3] = replace(rows[3], onset=_tables.onset(first="net.3.weight"))
+    plot = plots.onset(_tables.table(rows))
+    assert plot.note is None and len(plot.png.axes) == 3
+    first = plot.png.axes[0]
+    assert first.get_title() == "#1 onset: net.1.weight grew 243x by step 13" == headline(rows[1])
+    assert first.get_yscale() == "log" and [t.get_text() for t in first.get_legend().get_texts()][0] == "net.1.weight"
+    assert len(first.get_lines()) == MAX_LAYERS + 1 and list(first.get_lines()[-1].get_xdata()) == [13, 13]
+    assert plot.png.axes[2].get_title().startswith("#3 onset: net.3.weight")
+    traces = [t for t in plot.html.data if t.legendgroup == "#1"]
+    assert traces[0].name == "#1 net.1.weight" and traces[0].line.width == 3
+    head = next(t for t in traces if t.name == "#1 head.weight")
+    assert head.y[-1] is None and all(v is not None and v > 0 for v in head.y[:-1])  # NaN: a gap
+    assert all(ax.type == "log" for ax in (plot.html.layout.yaxis, plot.html.layout.yaxis2))
+    assert plot.png.axes[1].get_title() == "#2 onset: embed.weight grew 1x by step 13"  # non-finite first
+    embed = next(t for t in plot.html.data if t.name == "#2 embed.weight")
+    assert list(embed.y[-4:]) == [1.0, None, None, None]  # NaN and inf as floats: gaps too
+    plot.png.savefig(png := __import__("io").BytesIO(), format="png")
+    assert png.getvalue()[:4] == b"\x89PNG"
+
+
+def test_onset_of_no_trial_is_a_note_and_of_more_than_four_says_so():
+    from dataclasses import replace
+
+    none = plots.onset(_tables.table([_tables.row(0, "completed"), _tables.row(1, "failed", None)]))
+    assert none.png is None and none.html is None
+    assert none.note == "no onset recorded: set divergence.onset: true, or a rescue records it"
+    six = [replace(_tables.row(i, "completed"), onset=_tables.onset()) for i in range(5)] + [
+        _tables.row(5, "diverged", None)]
+    plot = plots.onset(_tables.table(six))
+    assert [ax.get_title().split()[0] for ax in plot.png.axes] == ["#5", "#0", "#1", "#2"]
+    assert plot.note == "2 more trial(s) with an onset not drawn"
+
+
 def test_importance_is_given_for_the_objective_and_for_p_diverged():
     found = plots.importances(_tables.sweep(24))
     assert set(found) == {"val_loss", "P(diverged)"}
@@ -75,7 +119,8 @@ def test_importance_is_given_for_the_objective_and_for_p_diverged():
 ])
 def test_too_little_data_gives_notes_not_errors(rows, space):
     figures = plots.all_plots(_tables.table(rows, space))
-    assert [p.name for p in figures] == ["stability", "traces", "history", "slice", "parallel", "importance"]
+    assert [p.name for p in figures] == ["stability", "traces", "onset", "history", "slice", "parallel",
+                                         "importance"]
     assert any(p.note for p in figures)
     for p in figures:
         assert (p.png is None) == (p.html is None)
