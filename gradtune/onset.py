@@ -48,7 +48,7 @@ from typing import Any
 
 from gradtune.outcome import strict_json
 
-__all__ = ["COLUMNS", "FACTOR", "VERSION", "analyse", "from_json", "to_csv", "to_json"]
+__all__ = ["COLUMNS", "FACTOR", "VERSION", "analyse", "from_json", "onset_row", "to_csv", "to_json"]
 
 VERSION = 1
 FACTOR = 10.0  # x its own baseline: a layer's gradient has "grown"
@@ -124,6 +124,14 @@ def from_json(text: Any) -> dict[str, Any] | None:
     except ValueError:
         return None
     return found if isinstance(found, dict) and found.get("version") == VERSION else None
+
+
+def onset_row(found: Mapping[str, Any]) -> dict[str, Any]:
+    """The onset layer's row of the artifact's ``table`` (``{}`` when there is none)."""
+    for row in found.get("table") or []:
+        if isinstance(row, dict) and row.get("layer") == found.get("onset_layer"):
+            return row
+    return {}
 
 
 def to_csv(found: Mapping[str, Any]) -> str:

@@ -9,17 +9,20 @@ Both take a :class:`~gradtune.table.SweepTable`, from the driver's memory at the
 sweep (:func:`gradtune.table.from_ledger`) or from the tracking store
 (:func:`gradtune.table.from_mlflow`, ``gradtune report``). A figure without enough data is a
 one-line note in the page, never an error. NaN and inf: see :mod:`gradtune.plots`; in
-:func:`text` a trial without a finite objective shows ``-`` and sorts last.
+:func:`text` a trial without a finite objective shows ``-`` and sorts last, and an onset's
+growth or step that is not a finite number shows ``-``.
 """
 
 from __future__ import annotations
 
 import html
 import logging
+import math
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gradtune.onset import onset_row
 from gradtune.outcome import Outcome
 from gradtune.table import Row, SweepTable
 
@@ -28,7 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HTML", "JOURNAL", "text", "write"]
+__all__ = ["HTML", "JOURNAL", "onsets", "text", "write"]
 
 HTML = "report.html"
 JOURNAL = "optuna-study.jsonl"
@@ -73,7 +76,37 @@ def text(table: SweepTable, reason_width: int = 60) -> str:
             at = f" @ step {row.divergence_step}" if row.divergence_step is not None else ""
             line += f"  [{reason}{at}]"
         lines.append(line)
-    return "\n".join(lines)
+    return "\n".join(lines + onsets(table))
+
+
+def _number(value: object, fmt: str) -> str:
+    """``value`` formatted (``d``: as a whole number), ``-`` when it is not a finite number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "-"
+    return format(int(value), "d") if fmt == "d" else format(value, fmt)
+
+
+def onsets(table: SweepTable, layer_width: int = 40) -> list[str]:
+    """"Where divergences started": a line per trial with a recorded onset (``Row.onset``,
+    its first verdict's), by number: the onset layer's onset step (``-`` when it never
+    crossed the factor), the verdict's step, the layer and its growth; ``[]`` when no trial
+    has one."""
+    rows = [r for r in table.rows if r.onset]
+    if not rows:
+        return []
+    lines = ["", "Where divergences started (the first verdict's onset layer):",
+             f"{'#':>4}  {'outcome':<10} {'onset step':>10} {'verdict':>8}  {'onset layer':<{layer_width}} growth"]
+    for row in rows:
+        found = row.onset or {}
+        top = onset_row(found)
+        layer = str(found.get("onset_layer") or "-")
+        if len(layer) > layer_width:
+            layer = "..." + layer[3 - layer_width:]  # the end names the parameter
+        growth = _number(top.get("growth"), ".3g")
+        lines.append(f"{row.number:>4}  {row.outcome:<10} {_number(top.get('onset_step'), 'd'):>10} "
+                     f"{_number(found.get('verdict_step'), 'd'):>8}  {layer:<{layer_width}} "
+                     f"{growth + 'x' if growth != '-' else growth}")
+    return lines
 
 
 def write(table: SweepTable, out_dir: str | Path) -> list[Path]:

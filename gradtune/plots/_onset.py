@@ -14,6 +14,7 @@ import plotly.graph_objects as go
 from matplotlib.figure import Figure
 from plotly.subplots import make_subplots
 
+from gradtune.onset import onset_row
 from gradtune.outcome import Outcome
 from gradtune.plots._base import Plot
 from gradtune.table import Row, SweepTable
@@ -50,20 +51,12 @@ def positive(values: Any) -> list[float]:
     return out
 
 
-def _top(found: dict[str, Any]) -> dict[str, Any]:
-    """The onset layer's row of the ranking (``{}`` without one)."""
-    for r in found.get("table") or []:
-        if isinstance(r, dict) and r.get("layer") == found.get("onset_layer"):
-            return r
-    return {}
-
-
 def headline(row: Row) -> str:
     """``#<n> onset: <layer> grew <growth>x by step <s>`` (the verdict's step when the layer
     never crossed the factor; ``?`` for a growth that is not a finite number)."""
     found = row.onset or {}
     layer = found.get("onset_layer") or "?"
-    top = _top(found)
+    top = onset_row(found)
     growth = top.get("growth")
     grew = f"{growth:.3g}x" if isinstance(growth, (int, float)) and math.isfinite(growth) else "?x"
     step = top.get("onset_step") if top.get("onset_step") is not None else found.get("verdict_step")
@@ -71,7 +64,7 @@ def headline(row: Row) -> str:
 
 
 def _onset_step(found: dict[str, Any]) -> int | None:
-    step = _top(found).get("onset_step")
+    step = onset_row(found).get("onset_step")
     return int(step) if isinstance(step, (int, float)) and math.isfinite(step) else None
 
 
