@@ -9,7 +9,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from gradtune import cli, note, sweep, tracking, trial
+from gradtune import cli, note, sweep, table, tracking, trial
 from gradtune.outcome import Outcome
 
 pytestmark = pytest.mark.e2e
@@ -197,3 +197,9 @@ def test_a_rescue_in_a_real_sweep_shows_its_lineage_in_mlflow(ray_session, tiny_
     assert parent.data.metrics["trials_rescued"] == 1
     paths = {a.path for a in client.list_artifacts(run.info.run_id, "onset")}
     assert "onset/verdict_1_step_60.json" in paths
+    # the report: from the driver's memory at the sweep's end, and again from MLflow alone
+    assert result.report is not None and (Path(result.report) / "onset.png").is_file()
+    page = (Path(result.report) / "report.html").read_text()
+    assert "Where divergences started (the first verdict&#x27;s onset layer):" in page
+    (row,) = table.from_mlflow(result.tracking_uri, result.parent_run_id).rows
+    assert row.onset is not None and (row.onset["onset_layer"], row.onset["verdict"]) == ("branches.hot.weight", 1)
