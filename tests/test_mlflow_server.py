@@ -22,11 +22,13 @@ import math
 import re
 import secrets
 import warnings
+from pathlib import Path
 
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from gradtune.outcome import OUTCOMES
 from tests._servers import (
     MlflowServer,
     clean_env,
@@ -96,9 +98,9 @@ def test_sweep_logs_to_the_tracking_server_over_http(server, tmp_path, monkeypat
     assert parent.info.status == "FINISHED"
     assert parent.data.params["training.steps"] == str(STEPS)
     assert parent.data.params["search.trials"] == str(TRIALS)
-    assert parent.data.params["tracking.uri"] == server.url
-    counts = {o: parent.data.metrics[f"trials_{o}"] for o in ("completed", "diverged",
-                                                              "pruned", "failed")}
+    spec_text = Path(client.download_artifacts(parent.info.run_id, "spec.yaml", str(tmp_path))).read_text()
+    assert f"uri: {server.url}" in spec_text
+    counts = {o: parent.data.metrics[f"trials_{o}"] for o in OUTCOMES}
     assert sum(counts.values()) == TRIALS and counts["failed"] == 0, counts
     # Artifacts go through the server's proxy into --artifacts-destination.
     assert parent.info.artifact_uri.startswith("mlflow-artifacts:"), parent.info.artifact_uri
@@ -124,7 +126,8 @@ def test_sweep_logs_to_the_tracking_server_over_http(server, tmp_path, monkeypat
         tune_params[trial_id] = json.loads(path.read_text())
     for run in kids:
         tags, params = run.data.tags, run.data.params
-        assert tags["gradtune.role"] == "trial" and run.info.run_name.startswith("norm=")
+        assert tags["gradtune.role"] == "trial"
+        assert run.info.run_name.startswith(f"{tags['gradtune.outcome']} · norm=")  # renamed at its end
         assert tags["gradtune.node_id"]
         outcome = tags["gradtune.outcome"]
         assert outcome in {"completed", "diverged", "pruned"}, tags
@@ -149,8 +152,11 @@ def test_sweep_logs_to_the_tracking_server_over_http(server, tmp_path, monkeypat
             assert run.info.status == "FAILED" and run.info.run_name.startswith("diverged · ")
             assert int(tags["gradtune.divergence_step"]) <= steps[-1]
             assert tags["gradtune.divergence_reason"]
-        for name in ("grad_norm", "grad_norm_max", "clip_fraction", "val_accuracy"):
-            assert [m.step for m in client.get_metric_history(run.info.run_id, name)] == steps
+        # train_loss and grad_norm also have a diverged trial's last steps; the rest, reports
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "grad_norm")] == steps
+        reported = [s for s in steps if s % REPORT_EVERY == 0 or s == steps[-1]]
+        for name in ("grad_norm_max", "clip_fraction", "val_accuracy"):
+            assert [m.step for m in client.get_metric_history(run.info.run_id, name)] == reported
 
 
 def test_a_sweep_without_credentials_is_refused_in_one_line(server, tmp_path):
