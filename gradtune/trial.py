@@ -39,6 +39,7 @@ from typing import Any, Protocol
 import torch
 
 from gradtune import checkpoint, clipping, healthy, outcome, signals, telemetry, workloads
+from gradtune.dataparallel import Rank
 from gradtune.outcome import Verdict
 from gradtune.params import OPTIMIZERS, trial_params
 from gradtune.precision import Precision
@@ -163,7 +164,7 @@ class StepMonitor(Protocol):
 
 def train(
     spec: SweepSpec, config: dict[str, Any], report: Report, monitor: StepMonitor | None = None,
-    save: Save | None = None, resume: dict[str, Any] | None = None,
+    save: Save | None = None, resume: dict[str, Any] | None = None, rank: Rank | None = None,
 ) -> dict[str, Any]:
     """Train one configuration; call ``report(metrics)`` every ``report_every`` steps and
     at the end. Returns the last metrics reported.
@@ -173,7 +174,11 @@ def train(
     when given, is called instead of ``report`` every ``training.checkpoint_every`` steps:
     it reports ``metrics`` with a checkpoint of ``state`` (:func:`checkpoint.capture`; write
     it before returning, it shares tensors with the trial). ``resume``, a state
-    :func:`checkpoint.load` read, makes the trial go on after that state's step."""
+    :func:`checkpoint.load` read, makes the trial go on after that state's step.
+
+    ``rank``, one rank of a data-parallel trial (:mod:`gradtune.dataparallel`): the model
+    in DDP, this rank's slice of each batch, and the step's statistics combined over the
+    ranks before the rules see them (every rank the same verdict at the same step)."""
     params = trial_params(spec, config)
     t = spec.training
     device = resolve_device(t.device)
@@ -182,6 +187,7 @@ def train(
     model = wl.model.train()
     weights = [p for p in model.parameters() if p.requires_grad]
     flat = telemetry.flatten_(weights)  # before the optimizer: its state follows the views
+    net = model if rank is None else rank.wrap(model)  # DDP: backward averages the gradients
     optimizer = make_optimizer(model, params)
     warmup = params["warmup_steps"] or wl.warmup_steps  # the spec's, else the workload's
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -213,9 +219,9 @@ def train(
         log.info("trial resumed from its checkpoint at step %d", start - 1)
 
     for step in range(start, t.steps + 1):
-        x, y = next(data)
+        x, y = next(data) if rank is None else rank.shard(next(data))
         with amp.autocast():
-            loss = wl.loss_fn(model(x), y)
+            loss = wl.loss_fn(net(x), y)
         optimizer.zero_grad(set_to_none=True)
         amp.backward(loss)
         amp.unscale(optimizer)  # clipping and telemetry see the true gradients
@@ -226,11 +232,12 @@ def train(
         schedule.step()
         ratio = updates.after_step()
         extra = wl.signals() if wl.signals else {}  # the workload's own, e.g. attention
+        stats = torch.stack([loss.detach().float(), grad_norm.float(), clipped.float(), ratio.float(),
+                             *(v.float() for v in extra.values())])
+        if rank is not None:  # one all-gather: the mean loss, the same norm on every rank
+            stats = rank.reduce(stats, tuple(extra))
         # The one host sync per step: the divergence rules need this step's numbers now.
-        loss_v, norm_v, clipped_v, ratio_v, *extra_v = torch.stack(
-            [loss.detach().float(), grad_norm.float(), clipped.float(), ratio.float(),
-             *(v.float() for v in extra.values())]
-        ).tolist()
+        loss_v, norm_v, clipped_v, ratio_v, *extra_v = stats.tolist()
         signals_v = dict(zip(extra, extra_v))
         window.add(loss_v, norm_v, bool(clipped_v))
         last.rows.append([step, loss_v, norm_v, ratio_v])
