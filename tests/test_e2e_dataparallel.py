@@ -47,3 +47,29 @@ def test_two_rank_trials_complete_or_diverge_with_one_child_run_each(ray_session
     assert tags["gradtune.outcome"] == "diverged" and bad.info.status == "FAILED"
     assert 5 < int(tags["gradtune.divergence_step"]) < 40
     assert tags["gradtune.divergence_reason"]
+
+
+def test_a_rank_that_raises_fails_the_attempt_and_the_retry_resumes_every_rank(ray_session, tiny_spec, tmp_path):
+    """Rank 1 raises at batch 13 of the first attempt: the watcher kills the rank actors,
+    rank 0 leaves its collective and raises rank 1's error (no hang), Tune retries the
+    trial from its checkpoint at step 10, and both ranks go on from there to the end."""
+    spec = tiny_spec(**{
+        "name": "e2e-rank-raises",
+        "resources.workers": 2,
+        "resources.max_failures": 1,
+        "workload.name": "tests.retry_plugins:raises_on_rank",
+        "workload.options": {"dir": str(tmp_path), "rank": 1, "raise_at": 13},
+        "search.sampler": "grid",
+        "search.space": {"norm": "none", "clip_method": "none", "init_scale": 1.0, "batch_size": 32},
+        "training.steps": 30,
+        "training.checkpoint_every": 10,
+    })
+    result = sweep.run(spec, verbose=0)
+    [record] = result.trials
+    assert record.outcome == "completed"
+    run = MlflowClient(result.tracking_uri).get_run(result.runs[record.trial_id])
+    assert run.data.tags["gradtune.failures"] == "1"
+    assert (tmp_path / "raised").exists()
+    # 2 ranks x 2 attempts built the workload; the second attempt resumed after step 10
+    assert len((tmp_path / "attempts").read_text().split()) == 4
+    assert int((tmp_path / "forwards-3").read_text()) == 20 and int((tmp_path / "forwards-4").read_text()) == 20
