@@ -15,7 +15,7 @@ On two models: the quickstart one (deep_mlp depth 20, width 64, batch 64) and a 
 (deep_mlp depth 20, width 512, batch 256). Modes interleaved, ``--repeats`` times; the
 median is reported. Prints a table, then one JSON line.
 
-    python benchmarks/dataparallel.py [--steps 200] [--repeats 3]
+    python benchmarks/dataparallel.py [--steps 200] [--repeats 3] [--only 512]
 """
 
 from __future__ import annotations
@@ -83,10 +83,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", default="", help="only the models whose name contains this")
     args = parser.parse_args(argv)
     results: dict[str, dict[str, float]] = {}
     print(f"{'model':32} {'1x1 steps/s':>12} {'1x2 steps/s':>12} {'2x1 steps/s':>12} {'2x1/1x1':>8} {'2x1/1x2':>8}")
     for name, (options, batch) in MODELS.items():
+        if args.only not in name:
+            continue
         spec, config = _spec(options, args.steps), _config(batch)
         runs: dict[str, list[float]] = {"1x1": [], "1x2": [], "2x1": []}
         for _ in range(args.repeats):

@@ -173,5 +173,5 @@ def test_a_diverging_trial_stops_on_both_ranks_at_the_same_step(tmp_path):
     ranks = _run_ranks(spec, config, tmp_path)
     last0, last1 = ranks[0][-1], ranks[1][-1]
     assert last0[outcome.DIVERGED] == 1 and 5 < last0[outcome.STEP] < 30
-    assert last0["divergence_step"] == last0[outcome.STEP]
+    assert last0["divergence_step"] == last0[outcome.STEP] == last1[outcome.STEP] == last1["divergence_step"]
     assert json.dumps(ranks[0]) == json.dumps(ranks[1])  # NaN-safe: every report the same
