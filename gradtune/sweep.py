@@ -152,7 +152,7 @@ def _execute(spec: SweepSpec, path: str, parent_id: str | None, address: str | N
     status, pending = "FAILED", 0
     resources = ray.cluster_resources()  # type: ignore[no-untyped-call]
     parallel = _parallel_seeds(spec, resources)
-    workers = _workers(spec, resources, spec.search.seeds if parallel else 1)
+    workers = _workers(spec, resources, spec.search.seeds if parallel else spec.resources.workers)
     try:
         scheduler = sched.DivergenceScheduler(shown, ledger=ledger)
         own_search, num_trials = searcher.make(shown, ledger)
@@ -292,6 +292,7 @@ def _connect(spec: SweepSpec, address: str | None, remote: bool, own_ray: bool,
         if own_ray:
             _init_ray(address, remote)
         _check_resources(spec, ray.nodes())
+        _check_ranks(spec, ray.nodes())
         store.result()  # its one-line error, if the store could not be reached
         start = tracker.start if parent_id is None else lambda: tracker.reopen(parent_id)
         return _tracking_step(tracker.tracking_uri, start)
@@ -448,12 +449,14 @@ def _need(spec: SweepSpec) -> dict[str, float]:
 def _trial_resources(spec: SweepSpec, parallel: bool) -> Any:
     """A trial's resources: ``resources`` once, or with parallel seeds a placement group of
     a bundle per seed (the trial's process trains seed 0 in the first; Tune places the
-    trial's seed actors in the others), packed on as few nodes as fit."""
-    if not parallel:
+    trial's seed actors in the others), or with ``resources.workers`` N a bundle per rank
+    (rank 0 is the trial's process), packed on as few nodes as fit."""
+    bundles = spec.search.seeds if parallel else spec.resources.workers
+    if bundles == 1:
         return {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
     from ray import tune
 
-    return tune.PlacementGroupFactory([_need(spec)] * spec.search.seeds, strategy="PACK")
+    return tune.PlacementGroupFactory([_need(spec)] * bundles, strategy="PACK")
 
 
 def _check_resources(spec: SweepSpec, nodes: list[dict[str, Any]]) -> None:
@@ -474,3 +477,16 @@ def _check_resources(spec: SweepSpec, nodes: list[dict[str, Any]]) -> None:
         f"{keys}: each trial needs {asked} on one node, but no node of the Ray cluster has "
         f"that ({len(alive)} node(s): {have})"
     )
+
+
+def _check_ranks(spec: SweepSpec, nodes: list[dict[str, Any]]) -> None:
+    """``resources.workers`` N: the cluster must hold the N bundles of one trial (a bundle
+    does not span nodes), else its placement group would wait forever."""
+    n, need = spec.resources.workers, _need(spec)
+    fit = sum(int(min(node.get("Resources", {}).get(k, 0.0) // v for k, v in need.items()))
+              for node in nodes if node.get("Alive"))
+    if fit >= n:
+        return
+    asked = ", ".join(f"{v:g} {k}" for k, v in need.items())
+    raise GradtuneError(f"resources.workers: each trial runs {n} ranks of {asked}, but the Ray "
+                        f"cluster can place {fit} of them")

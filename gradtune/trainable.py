@@ -17,7 +17,9 @@ def trainable(config: dict[str, Any], spec_data: dict[str, Any], parallel_seeds:
     Reports carry ``node_id``; every ``training.checkpoint_every`` steps a report carries
     a checkpoint; a retried trial goes on from the last checkpoint it reported.
     ``search.seeds`` > 1: :func:`gradtune.multiseed.train`, with ``parallel_seeds`` seeds 1
-    to N-1 in actors of their own (the trial's placement group has a bundle per seed)."""
+    to N-1 in actors of their own (the trial's placement group has a bundle per seed).
+    ``resources.workers`` > 1: :func:`gradtune.rankactor.train`, this process rank 0 of a
+    data-parallel job whose other ranks are actors in the trial's placement group."""
     import ray
     import torch
     from ray import tune
@@ -46,6 +48,11 @@ def trainable(config: dict[str, Any], spec_data: dict[str, Any], parallel_seeds:
     if latest is not None:
         with latest.as_directory() as directory:
             resume = checkpoint.load(directory)
+    if spec.resources.workers > 1:  # one trial, N ranks: this process is rank 0
+        from gradtune import rankactor
+
+        rankactor.train(spec, config, report, save=save, resume=resume)
+        return
     # search.seeds > 1: the seeds of the configuration in lockstep, one aggregated report.
     if spec.search.seeds == 1:
         trial.train(spec, config, report, save=save, resume=resume)

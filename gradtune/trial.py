@@ -50,6 +50,7 @@ from typing import Any, Protocol
 import torch
 
 from gradtune import checkpoint, clipping, healthy, onset, outcome, rollback, signals, telemetry, workloads
+from gradtune.dataparallel import Rank
 from gradtune.outcome import Verdict
 from gradtune.params import OPTIMIZERS, trial_params
 from gradtune.precision import Precision
@@ -175,6 +176,7 @@ class StepMonitor(Protocol):
 def train(
     spec: SweepSpec, config: dict[str, Any], report: Report, monitor: StepMonitor | None = None,
     save: Save | None = None, resume: dict[str, Any] | None = None, layer_steps: int | None = None,
+    rank: Rank | None = None,
 ) -> dict[str, Any]:
     """Train one configuration; call ``report(metrics)`` every ``report_every`` steps and
     at the end. Returns the last metrics reported.
@@ -186,7 +188,11 @@ def train(
     it before returning, it shares tensors with the trial). ``resume``, a state
     :func:`checkpoint.load` read, makes the trial go on after that state's step.
     ``layer_steps`` sets how many steps of per-layer norms a verdict carries (default
-    :func:`last_steps`; ``gradtune replay`` keeps the whole run)."""
+    :func:`last_steps`; ``gradtune replay`` keeps the whole run).
+
+    ``rank``, one rank of a data-parallel trial (:mod:`gradtune.dataparallel`): the model
+    in DDP, this rank's slice of each batch, and the step's statistics combined over the
+    ranks before the rules see them (every rank the same verdict at the same step)."""
     params = trial_params(spec, config)
     t = spec.training
     device = resolve_device(t.device)
@@ -195,6 +201,7 @@ def train(
     model = wl.model.train()
     weights = [p for p in model.parameters() if p.requires_grad]
     flat = telemetry.flatten_(weights)  # before the optimizer: its state follows the views
+    net = model if rank is None else rank.wrap(model)  # DDP: backward averages the gradients
     optimizer = make_optimizer(model, params)
     warmup = params["warmup_steps"] or wl.warmup_steps  # the spec's, else the workload's
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -251,9 +258,9 @@ def train(
     while step <= t.steps:
         for _ in range(rescuer.skip(step) if rescuer is not None else 0):
             next(data)  # the skip remedy: batches the diverging attempt saw last
-        x, y = next(data)
+        x, y = next(data) if rank is None else rank.shard(next(data))
         with amp.autocast():
-            loss = wl.loss_fn(model(x), y)
+            loss = wl.loss_fn(net(x), y)
         optimizer.zero_grad(set_to_none=True)
         amp.backward(loss)
         amp.unscale(optimizer)  # clipping and telemetry see the true gradients
@@ -266,11 +273,12 @@ def train(
         schedule.step()
         ratio = updates.after_step()
         extra = wl.signals() if wl.signals else {}  # the workload's own, e.g. attention
+        stats = torch.stack([loss.detach().float(), grad_norm.float(), clipped.float(), ratio.float(),
+                             *(v.float() for v in extra.values())])
+        if rank is not None:  # one all-gather: the mean loss, the same norm on every rank
+            stats = rank.reduce(stats, tuple(extra))
         # The one host sync per step: the divergence rules need this step's numbers now.
-        loss_v, norm_v, clipped_v, ratio_v, *extra_v = torch.stack(
-            [loss.detach().float(), grad_norm.float(), clipped.float(), ratio.float(),
-             *(v.float() for v in extra.values())]
-        ).tolist()
+        loss_v, norm_v, clipped_v, ratio_v, *extra_v = stats.tolist()
         signals_v = dict(zip(extra, extra_v))
         window.add(loss_v, norm_v, bool(clipped_v))
         last.rows.append([step, loss_v, norm_v, ratio_v])

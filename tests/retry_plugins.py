@@ -119,3 +119,20 @@ def by_start_order(options: dict[str, Any], seed: int) -> dict[str, Any]:
             raise RuntimeError(f"raised once at batch {drawn}")
 
     return _workload(directory, seed, hook, attempt)
+
+
+def raises_on_rank(options: dict[str, Any], seed: int) -> dict[str, Any]:
+    """In a data-parallel trial: rank ``rank`` raises before drawing batch ``raise_at``,
+    on the first attempt only (marker ``dir/raised``); the other ranks train on."""
+    import torch.distributed as dist
+
+    directory = Path(options["dir"])
+    raised = directory / "raised"
+
+    def hook(drawn: int) -> None:
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        if rank == options["rank"] and drawn == options["raise_at"] and not raised.exists():
+            raised.write_text(str(os.getpid()))
+            raise RuntimeError(f"rank {rank} raised at batch {drawn}")
+
+    return _workload(directory, seed, hook)

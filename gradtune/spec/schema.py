@@ -162,6 +162,9 @@ class SearchSpec(_Frozen):
         return self
 
 
+MAX_WORKERS = 256  # ranks of one trial
+
+
 class ResourcesSpec(_Frozen):
     cpu: float = Field(default=1.0, gt=0)
     gpu: float = Field(default=0.0, ge=0)
@@ -169,6 +172,15 @@ class ResourcesSpec(_Frozen):
     # search.seeds > 1: seeds 1..N-1 of a trial in Ray actors of their own, each with cpu/gpu,
     # where the cluster holds max_concurrent such trials; else (and by default) they take turns.
     parallel_seeds: bool = False
+    # Ranks of one trial: a data-parallel job (gradtune.dataparallel; DDP, gloo on CPU, NCCL on
+    # GPU), each rank with cpu/gpu, each step's batch split between them; 1: one process.
+    workers: int = Field(default=1, ge=1, le=MAX_WORKERS)
+
+    @model_validator(mode="after")
+    def _whole_gpus(self) -> ResourcesSpec:
+        if self.workers > 1 and 0 < self.gpu < 1:
+            raise ValueError(f"workers > 1 needs a whole GPU per rank (NCCL), but got gpu={self.gpu}")
+        return self
 
 
 class TrackingSpec(_Frozen):
@@ -266,6 +278,30 @@ class SweepSpec(_Frozen):
             # rescued seed is neither, and counting it either way would misreport it.
             raise ValueError("divergence.rescue works with one seed per configuration; "
                              f"search.seeds is {self.search.seeds}")
+        if self.divergence.rescue.enabled and self.resources.workers > 1:
+            raise ValueError("divergence.rescue works with one rank per trial; "
+                             f"resources.workers is {self.resources.workers}")
+        return self
+
+    @model_validator(mode="after")
+    def _data_parallel(self) -> SweepSpec:
+        """``resources.workers`` > 1: one seed per trial, and every batch size splits evenly
+        between the ranks (each step's batch is split, see gradtune.dataparallel)."""
+        n = self.resources.workers
+        if n == 1:
+            return self
+        if self.search.seeds > 1:
+            raise ValueError(f"resources.workers: {n} ranks per trial cannot be combined with "
+                             f"search.seeds: {self.search.seeds}; set one of them to 1")
+        sizes = self.search.space.get("batch_size", PARAMS["batch_size"].default)
+        if isinstance(sizes, Range):
+            raise ValueError(f"resources.workers: {n} ranks split each batch, so space.batch_size "
+                             "must list its values (each divisible by workers), but got a range")
+        bad = [b for b in (sizes if isinstance(sizes, list) else [sizes])
+               if isinstance(b, int) and b % n]
+        if bad:
+            raise ValueError(f"resources.workers: {n} ranks split each batch evenly, but "
+                             f"batch_size {bad[0]} is not divisible by {n}")
         return self
 
     @property
