@@ -205,6 +205,7 @@ def test_save_and_load_round_trip_through_disk(tmp_path):
     assert other_monitor.losses == monitor.losses
 
 
+@pytest.mark.slow  # an MLflow store, real training or every figure: seconds
 def test_restore_refuses_a_checkpoint_without_a_part():
     state = checkpoint.capture(3, {"model": torch.nn.Linear(2, 2)})
     with pytest.raises(ValueError, match="no state for 'optimizer'"):
@@ -275,6 +276,7 @@ def test_restored_trial_ends_as_the_uninterrupted_one(case, tmp_path):
     assert_restore_is_exact(s, CASES[case], tmp_path / "late", at=30)  # zclip: after its warm-up
 
 
+@pytest.mark.slow  # an MLflow store, real training or every figure: seconds
 def test_fp16_scaler_state_is_restored(tmp_path, monkeypatch):
     """A scaler that doubles its scale every 3 steps overflows every few steps (a skipped
     step, then half the scale): the restored trial must skip the same steps."""

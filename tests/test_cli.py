@@ -98,6 +98,7 @@ def test_resume_of_nothing_is_one_line(in_tmp, capsys, argv, expected):
     assert expected in err and err.count("\n") == 1
 
 
+@pytest.mark.slow  # an MLflow store, real training or every figure: seconds
 def test_ui_prints_the_link_to_an_experiments_runs_table(tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 
@@ -111,6 +112,7 @@ def test_ui_prints_the_link_to_an_experiments_runs_table(tmp_path, capsys):
     assert "--experiment nope: no such experiment in sqlite:///" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # an MLflow store, real training or every figure: seconds
 def test_report_of_an_unknown_experiment_run_or_store_is_one_line_exit_2(in_tmp, capsys):
     from tests import _tables
 

@@ -56,6 +56,7 @@ def test_a_trace_of_only_nan_is_a_note():
     assert plot.png is None and "no grad-norm traces" in (plot.note or "")
 
 
+@pytest.mark.slow  # an MLflow store, real training or every figure: seconds
 def test_onset_panels_draw_the_onset_layer_first_and_keep_nan_as_gaps():
     from dataclasses import replace
 

@@ -39,6 +39,7 @@ def logged_trial(tmp_path, rescue_cfg=None):
     (None, "no healthy checkpoint"),  # in-process without checkpoints (save=None)
     ({"attempts": 2}, "healthy checkpoint at step 40"),  # a rescue keeps checkpoints in memory
 ])
+@pytest.mark.slow  # an MLflow store, real training or every figure: seconds
 def test_replay_reproduces_the_recorded_divergence_step(tmp_path, capsys, rescue_cfg, healthy):
     uri, run_id = logged_trial(tmp_path, rescue_cfg)
     out = tmp_path / "replay"
@@ -56,6 +57,7 @@ def test_replay_reproduces_the_recorded_divergence_step(tmp_path, capsys, rescue
     assert (out / "onset_window.csv").read_text().splitlines()[1].split(",")[1] == "branches.hot.weight"
 
 
+@pytest.mark.slow  # an MLflow store, real training or every figure: seconds
 def test_an_unknown_run_is_one_line_and_exit_2(tmp_path, capsys):
     uri, _ = logged_trial(tmp_path)
     capsys.readouterr()

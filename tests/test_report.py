@@ -32,6 +32,7 @@ def test_plotly_js_is_embedded_once(tmp_path):
     assert page.count('class="plotly-graph-div"') == 7
 
 
+@pytest.mark.slow  # an MLflow store, real training or every figure: seconds
 def test_thin_data_writes_notes_in_the_page(tmp_path):
     paths = report.write(_tables.table([_tables.row(0, "diverged", None)]), tmp_path)
     page = (tmp_path / "report.html").read_text()

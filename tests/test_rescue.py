@@ -206,6 +206,7 @@ def test_a_rescued_trial_resumed_from_its_tune_checkpoint_is_the_uninterrupted_o
 
 # ---------------------------------------------------------------- MLflow, without Ray
 
+@pytest.mark.slow  # an MLflow store, real training or every figure: seconds
 def test_the_lineage_as_mlflow_shows_it(tmp_path):
     s = spec({"attempts": 2})
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

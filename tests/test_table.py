@@ -49,6 +49,7 @@ def test_from_ledger_keeps_outcome_reason_step_value_and_metrics():
     assert (c.outcome, c.reason, c.value) == ("failed", "RuntimeError: boom at line 3", None)
 
 
+@pytest.mark.slow  # an MLflow store, real training or every figure: seconds
 def test_from_mlflow_reads_back_what_was_logged(tmp_path):
     expected = _tables.sweep(6)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -61,6 +62,7 @@ def test_from_mlflow_reads_back_what_was_logged(tmp_path):
     assert table.latest_sweep(uri, "hand") == parent == table.latest_sweep(uri)
 
 
+@pytest.mark.slow  # an MLflow store, real training or every figure: seconds
 def test_from_mlflow_reads_the_first_verdicts_onset_of_tagged_runs_only(tmp_path):
     from mlflow.tracking import MlflowClient
 
@@ -86,6 +88,7 @@ def test_from_mlflow_reads_the_first_verdicts_onset_of_tagged_runs_only(tmp_path
     assert again[rescued].onset == _tables.onset() and again[untagged].onset is None
 
 
+@pytest.mark.slow  # an MLflow store, real training or every figure: seconds
 def test_without_summary_numbers_follow_start_order(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     parent = _tables.log_sweep(uri, _tables.sweep(3), summary=False)
@@ -94,6 +97,7 @@ def test_without_summary_numbers_follow_start_order(tmp_path):
     assert [r.trial_id for r in got.rows] == ["t00002", "t00001", "t00000"]  # logged last to first
 
 
+@pytest.mark.slow  # an MLflow store, real training or every figure: seconds
 def test_unknown_runs_experiments_and_stores_are_one_line_errors(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with pytest.raises(GradtuneError, match="no MLflow store"):

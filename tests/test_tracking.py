@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from types import SimpleNamespace
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from gradtune import note, onset, outcome, tracking
@@ -106,6 +107,7 @@ def _trial(trial_id, last_result, **config):
     return SimpleNamespace(trial_id=trial_id, config=config, last_result=last_result, num_failures=0)
 
 
+@pytest.mark.slow  # an MLflow store, real training or every figure: seconds
 def test_a_sweep_as_mlflow_shows_it(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     ledger = Ledger()
