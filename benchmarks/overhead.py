@@ -50,6 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -80,8 +81,9 @@ def gradtune_step(spec: SweepSpec, config: dict[str, Any]) -> float:
     return per_step(stamps)
 
 
-def bare_step(spec: SweepSpec, config: dict[str, Any], evaluate: bool = True) -> float:
-    """The bare loop over the same workload (same seed, model, batches)."""
+def bare_loop(spec: SweepSpec, config: dict[str, Any]) -> Iterator[tuple[int, Any, Any]]:
+    """The loop a user would write over the same workload (same seed, model, batches, LR
+    schedule and clipping): yields ``(step, loss, workload)`` after each optimizer step."""
     params = trial_params(spec, config)
     t = spec.training
     torch.manual_seed(t.seed)
@@ -92,7 +94,6 @@ def bare_step(spec: SweepSpec, config: dict[str, Any], evaluate: bool = True) ->
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
     batches = iter(wl.train_batches)
-    stamps: list[tuple[int, float]] = []
     for step in range(1, t.steps + 1):
         try:
             x, y = next(batches)
@@ -102,10 +103,20 @@ def bare_step(spec: SweepSpec, config: dict[str, Any], evaluate: bool = True) ->
         loss = wl.loss_fn(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), params["clip_threshold"])
+        if params["clip_method"] == "norm":
+            torch.nn.utils.clip_grad_norm_(model.parameters(), params["clip_threshold"])
+        elif params["clip_method"] == "value":
+            torch.nn.utils.clip_grad_value_(model.parameters(), params["clip_threshold"])
         optimizer.step()
         schedule.step()
-        if step % t.report_every == 0:
+        yield step, loss, wl
+
+
+def bare_step(spec: SweepSpec, config: dict[str, Any], evaluate: bool = True) -> float:
+    """Seconds per step of :func:`bare_loop`, evaluating every ``report_every`` steps."""
+    stamps: list[tuple[int, float]] = []
+    for step, _, wl in bare_loop(spec, config):
+        if step % spec.training.report_every == 0:
             if evaluate:
                 workloads.evaluate(wl)
             stamps.append((step, time.perf_counter()))
@@ -145,27 +156,8 @@ def plain_tune(steps: int, logged: bool, tmp: str) -> None:
     def trainable(config: dict[str, Any]) -> None:
         torch.set_num_threads(1)
         s = SweepSpec.model_validate(data)
-        params = trial_params(s, config)
         t = s.training
-        torch.manual_seed(t.seed)
-        wl = workloads.build(s.workload.name, s.workload.options, params, t.seed, torch.device("cpu"))
-        model = wl.model.train()
-        optimizer = trial.make_optimizer(model, params)
-        batches = iter(wl.train_batches)
-        for step in range(1, t.steps + 1):
-            try:
-                x, y = next(batches)
-            except StopIteration:
-                batches = iter(wl.train_batches)
-                x, y = next(batches)
-            loss = wl.loss_fn(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if params["clip_method"] == "norm":
-                torch.nn.utils.clip_grad_norm_(model.parameters(), params["clip_threshold"])
-            elif params["clip_method"] == "value":
-                torch.nn.utils.clip_grad_value_(model.parameters(), params["clip_threshold"])
-            optimizer.step()
+        for step, loss, wl in bare_loop(s, config):
             if step % t.report_every == 0 or step == t.steps:
                 tune.report({"step": step, "train_loss": loss.item(), **workloads.evaluate(wl)})
 
