@@ -131,6 +131,9 @@ class MLflowTracking(Callback):
         self.busy_s = 0.0
         self.cost_s = 0.0
         self.reopened: dict[str, dict[str, str]] = {}  # trial id -> params of its run, on resume
+        # trial ids whose run a crashed driver left RUNNING (found on resume): if Tune's saved
+        # state says the trial ended, its end was still in that driver's queue; finish sends it.
+        self.left_open: set[str] = set()
         # trial id -> (step, grad_norm) of every point logged by this driver (a resumed
         # sweep's start with its resume), for the report read at the sweep's end.
         self.traces: dict[str, list[tuple[int, float]]] = {}
@@ -189,6 +192,8 @@ class MLflowTracking(Callback):
             # that ended after Tune's last experiment checkpoint runs again.
             self.runs[trial_id] = self.writer.adopt(run.info.run_id)
             self.reopened[trial_id] = dict(run.data.params)
+            if run.info.status == "RUNNING":
+                self.left_open.add(trial_id)
             norms = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "grad_norm"))
             self.logged_step[trial_id] = max((step for step, _ in norms), default=0)
             self.traces[trial_id] = norms
@@ -210,6 +215,13 @@ class MLflowTracking(Callback):
         ``gradtune.outcome=interrupted``: a resumed sweep continues them."""
         if self.writer is None or self.parent_id is None:
             return 0
+        for trial_id in sorted(self.left_open & self.ended):
+            record = self.ledger.records.get(trial_id)
+            if record is None or trial_id not in self.runs:
+                continue
+            if int(record.result.get(outcome.STEP, 0)) > self.logged_step.get(trial_id, 0):
+                self.writer.put("metrics", self.runs[trial_id], points=metrics_of(dict(record.result), _now()))
+            self._close(self.runs[trial_id], record)
         for trial_id, key in self.runs.items():
             if trial_id not in self.ended:
                 self._kill(key)
@@ -334,16 +346,23 @@ class MLflowTracking(Callback):
         if key is None or self.writer is None or trial.trial_id in self.ended:
             return
         self.ended.add(trial.trial_id)
+        self.left_open.discard(trial.trial_id)
         failures = int(getattr(trial, "num_failures", 0) or 0)
         failed = failure.of_trial(trial) if errored or failures else None
         record = self.ledger.end(trial.trial_id, trial_params(self.spec, trial.config),
                                  trial.last_result, errored, error=failed.reason if failed else None,
                                  failures=failures)
+        self._close(key, record, failed.details if failed is not None else None)
+
+    def _close(self, key: str, record: TrialRecord, details: str | None = None) -> None:
+        """End the run ``key`` as ``record`` says: its outcome tags, a name that starts with
+        the outcome, ``error.txt`` (``details``: every failure, with tracebacks), the status."""
+        assert self.writer is not None
         tags = {t.key: t.value for t in end_tags(record)}
         tags["mlflow.runName"] = ended_name(record.outcome, record.params)  # the outcome first
         self.writer.put("tags", key, tags=tags)
-        if failed is not None and failed.details:  # every failure, with tracebacks
-            self.writer.put("text", key, path="error.txt", text=failed.details)
+        if details:
+            self.writer.put("text", key, path="error.txt", text=details)
         self.writer.put("end", key, status=RUN_STATUS[record.outcome], end_time=_now())
 
 

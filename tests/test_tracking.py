@@ -172,3 +172,33 @@ def test_a_sweep_as_mlflow_shows_it(tmp_path):
     again.finish()
     d = client.get_run(ids["boom"])
     assert d.info.run_name == "diverged · norm=none clip=none init=4 bs=64" and d.info.status == "FAILED"
+
+
+@pytest.mark.slow  # an MLflow store: seconds
+def test_a_resume_ends_a_run_whose_end_the_killed_driver_never_sent(tmp_path):
+    """Tune's saved state says the trial ended, but ``kill -9`` took its end (queued in the
+    writer) with it: the run is RUNNING in the store and Tune will not run the trial again.
+    The resumed sweep ends it as the saved ledger says, with its last reported metrics."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    ledger = Ledger()
+    first = tracking.MLflowTracking(SweepSpec(), uri, "exp", ledger, drain_s=30)
+    parent = first.start()
+    lost = _trial("lost", None, norm="none", init_scale=4.0)
+    first.on_trial_start(0, [], lost)
+    first.on_trial_result(0, [], lost, {"step": 10, "grad_norm": 2.0, "train_loss": 1.0})
+    first.writer.close(30)  # what reached the store before the kill
+    last = {"step": 20, "grad_norm": math.inf, "train_loss": math.nan, "final": 1, **Verdict("loss is nan", 20).keys()}
+    ledger.end("lost", {"norm": "none"}, last)  # ... and what Tune's experiment checkpoint holds
+    client = MlflowClient(uri)
+    run_id = first.run_ids()["lost"]
+    assert client.get_run(run_id).info.status == "RUNNING"
+
+    again = tracking.MLflowTracking(SweepSpec(), uri, "exp", Ledger())
+    again.reopen(parent)
+    again.set_state({"ledger": ledger, "ended": {"lost"}})
+    again.finish()
+    run = client.get_run(run_id)
+    assert run.info.status == "FAILED" and run.data.tags["gradtune.outcome"] == "diverged"
+    assert run.data.tags["gradtune.divergence_step"] == "20" and run.info.run_name.startswith("diverged · ")
+    assert [m.step for m in client.get_metric_history(run_id, "grad_norm")] == [10, 20]
+    assert client.get_run(parent).info.status == "FINISHED"
