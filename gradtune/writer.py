@@ -2,7 +2,8 @@
 store, so that Tune's driver loop never waits on the server.
 
 The driver only calls :meth:`Writer.put` (a ``put_nowait`` on a bounded queue). The thread
-sends the records in order, batching consecutive metric records into ``log_batch`` calls,
+sends the records in order, batching consecutive metric, param and tag records into one
+``log_batch`` call per run (a run's first params, tags and metrics cost one request, not three),
 and retries connection errors, timeouts, 429 and 5xx with capped exponential backoff and
 jitter. MLflow's own HTTP retries (minutes, by default) are turned down for this process
 (:func:`quiet_http_retries`) so that the writer, not urllib3, decides how long to wait.
@@ -59,6 +60,8 @@ KEY = re.compile(r"run-[0-9a-f]{32}")
 HTTP_TIMEOUT_S = 5  # per request; a timed-out request is retried like a refused one
 BACKOFF_S = (0.25, 5.0)  # first and longest wait between tries
 LIMITS = {"metrics": 1000, "params": 100, "tags": 100}  # MLflow's per-request limits
+BATCH_LIMIT = 1000  # MLflow's limit on metrics + params + tags in one request
+BATCHED = ("metrics", "params", "tags")  # the records one log_batch call can carry
 
 
 def quiet_http_retries(timeout_s: int = HTTP_TIMEOUT_S) -> None:
@@ -236,15 +239,20 @@ class Writer:
             self._file(records)
 
     def _head(self) -> list[dict[str, Any]]:
-        """The next request's records: the oldest one, with the metric records right behind
-        it when it is one (up to MLflow's batch limit)."""
+        """The next request's records: the oldest one, with the metric, param and tag
+        records right behind it when it is one of those (up to MLflow's batch limit)."""
         batch = [self._todo[0]]
-        if batch[0]["op"] == "metrics":
-            size = len(batch[0]["points"])
+        if batch[0]["op"] in BATCHED:
+            size = _size(batch[0])
+            # A param written again goes in a request of its own, where the store decides
+            # (MLflow refuses a changed value): merged, the later value would win unseen.
+            params = {(batch[0]["run"], k) for k in batch[0].get("params", ())}
             for record in islice(self._todo, 1, None):
-                size += len(record.get("points", ()))
-                if record["op"] != "metrics" or size > LIMITS["metrics"]:
+                size += _size(record)
+                again = {(record["run"], k) for k in record.get("params", ())}
+                if record["op"] not in BATCHED or size > BATCH_LIMIT or again & params:
                     break
+                params |= again
                 batch.append(record)
         return batch
 
@@ -253,26 +261,19 @@ class Writer:
         refuses for good drops its records (counted, logged); a transient error raises."""
         record = batch[0]
         op = record["op"]
-        if op == "metrics":
+        if op in BATCHED:
             by_run: dict[str, list[dict[str, Any]]] = {}
             for r in batch:
                 by_run.setdefault(r["run"], []).append(r)
             for key, records in by_run.items():
-                points = [Metric(*p) for r in records for p in r["points"]]
-                self._call(records, partial(self._batches, key, "metrics", points))
+                self._log_batch(key, records)
             return {}
         if op == "create":
             if record["run"] in self.ids:
                 return {}
             created = self._call(batch, lambda: self._create(record))
             return {} if created is None else {record["run"]: created}
-        if op == "params":
-            params = [Param(k, v) for k, v in record["params"].items()]
-            self._call(batch, partial(self._batches, record["run"], "params", params))
-        elif op == "tags":
-            tags = [RunTag(k, self._swap(v)) for k, v in record["tags"].items()]
-            self._call(batch, partial(self._batches, record["run"], "tags", tags))
-        elif op == "text":
+        if op == "text":
             text = self._swap(record["text"])
             self._call(batch, lambda: self.client.log_text(self._id(record["run"]), text, record["path"]))
         elif op == "files":  # every file of a local directory, at the artifact root
@@ -313,16 +314,40 @@ class Writer:
                                      tags={**record["tags"], KEY_TAG: key}, run_name=record["name"])
         return str(run.info.run_id)
 
-    def _batches(self, key: str, kind: str, items: list[Any]) -> None:
-        run_id, step = self._id(key), LIMITS[kind]
-        for i in range(0, len(items), step):
-            chunk = items[i : i + step]
-            if kind == "metrics":
-                self.client.log_batch(run_id, metrics=chunk)
-            elif kind == "params":
-                self.client.log_batch(run_id, params=chunk)
-            else:
-                self.client.log_batch(run_id, tags=chunk)
+    def _log_batch(self, key: str, records: list[dict[str, Any]]) -> None:
+        """One run's metric, param and tag records in as few ``log_batch`` calls as MLflow's
+        limits allow (a later value of a param or tag stands). When the store refuses such
+        a request for good, each record is sent alone, so that only the refused one is
+        dropped."""
+        params: dict[str, str] = {}
+        tags: dict[str, str] = {}
+        points: list[Metric] = []
+        for r in records:
+            params.update(r.get("params", {}))
+            tags.update(r.get("tags", {}))
+            points += [Metric(*p) for p in r.get("points", ())]
+        request = partial(self._batches, key, [Param(k, v) for k, v in params.items()],
+                          [RunTag(k, self._swap(v)) for k, v in tags.items()], points)
+        if len(records) == 1:
+            self._call(records, request)
+            return
+        self.requests += 1
+        try:
+            request()
+        except Exception as exc:
+            if transient(exc):
+                raise
+            for r in records:
+                self._log_batch(key, [r])
+
+    def _batches(self, key: str, params: list[Param], tags: list[RunTag], points: list[Metric]) -> None:
+        run_id = self._id(key)
+        while params or tags or points:
+            p, params = params[: LIMITS["params"]], params[LIMITS["params"]:]
+            t, tags = tags[: LIMITS["tags"]], tags[LIMITS["tags"]:]
+            room = min(LIMITS["metrics"], BATCH_LIMIT - len(p) - len(t))
+            m, points = points[:room], points[room:]
+            self.client.log_batch(run_id, metrics=m, params=p, tags=t)
 
     def _id(self, key: str) -> str:
         run_id = self.ids.get(key)
@@ -367,6 +392,11 @@ class Writer:
     def _write(self, *lines: dict[str, Any]) -> None:
         assert self.spool is not None
         spool_mod.append(self.spool, lines)
+
+
+def _size(record: dict[str, Any]) -> int:
+    """How many of MLflow's batch entities a record carries."""
+    return len(record.get("points", ())) + len(record.get("params", ())) + len(record.get("tags", ()))
 
 
 def replay(path: str | os.PathLike[str], uri: str | None = None, timeout_s: float = 60.0) -> tuple[int, int]:
