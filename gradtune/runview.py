@@ -11,7 +11,10 @@ functions return.
 - **Points** (:func:`metrics_of`, :func:`window_points`): every number of a report at its
   training step, NaN and inf as they are, plus base-10 companions of the heavy-tailed
   metrics (:func:`log10_points`) so a stable trial's chart stays readable beside a 1e18
-  blow-up; and, for a verdict, the per-step points of the steps before it.
+  blow-up; and, for a verdict, the per-step points of the steps before it. Metrics that
+  mostly hold still (:data:`STEADY`: a constant learning rate, ``diverged`` until the
+  verdict, ``clip_fraction`` without clipping) are logged when they change and at the end
+  (:class:`Steady`): the same chart for a fraction of the points.
 - **Tags** of a rescue's lineage (:func:`rescue_tags`) and of the first verdict, for
   ``gradtune replay`` (:func:`replay_tags`).
 """
@@ -27,7 +30,7 @@ from gradtune import outcome, rescue
 from gradtune.outcome import Outcome
 from gradtune.spool import Point
 
-__all__ = ["LOG10", "RUN_STATUS", "TUNE_KEYS", "ended_name", "log10_points", "metrics_of",
+__all__ = ["LOG10", "RUN_STATUS", "STEADY", "TUNE_KEYS", "Steady", "ended_name", "log10_points", "metrics_of",
            "replay_tags", "rescue_tags", "run_name", "window_points"]
 
 SEP = " · "
@@ -38,6 +41,9 @@ RUN_STATUS = {Outcome.COMPLETED: "FINISHED", Outcome.RESCUED: "FINISHED", Outcom
 
 # Metrics that span many decades when a trial blows up; each gets a ``log10_<name>``.
 LOG10: tuple[str, ...] = ("train_loss", "grad_norm", "update_ratio")
+
+# Metrics whose value often stays the same from report to report (see Steady).
+STEADY: frozenset[str] = frozenset({"lr", outcome.DIVERGED, "clip_fraction"})
 
 TUNE_KEYS = {
     "training_iteration", "time_total_s", "time_this_iter_s", "timestamp", "pid",
@@ -89,6 +95,37 @@ def metrics_of(result: dict[str, Any], timestamp_ms: int) -> list[Point]:
         out.append(Point(key, float(value), timestamp_ms, step))
         out += log10_points(key, float(value), timestamp_ms, step)
     return out
+
+
+class Steady:
+    """Thins one run's :data:`STEADY` metrics: a point whose value equals the one logged
+    before it is held back instead of sent; when the value changes, the held point (the
+    last one of the old value) goes out before the new one, and :meth:`rest` gives the
+    held points at the run's end. A chart of what is sent - straight lines between points
+    - is the chart of every point. NaN never equals itself: a NaN point is always sent."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, float] = {}  # metric -> the value last sent
+        self.held: dict[str, Point] = {}  # metric -> the newest point held back
+
+    def __call__(self, points: list[Point]) -> list[Point]:
+        out: list[Point] = []
+        for point in points:
+            if point.key not in STEADY:
+                out.append(point)
+            elif self.last.get(point.key) == point.value:
+                self.held[point.key] = point
+            else:
+                if point.key in self.held:
+                    out.append(self.held.pop(point.key))
+                self.last[point.key] = point.value
+                out.append(point)
+        return out
+
+    def rest(self) -> list[Point]:
+        """The points held back (at most one a metric), which end the run's charts."""
+        out, self.held = list(self.held.values()), {}
+        return out
 
 
 def window_points(rows: Iterable[Any], after: int, before: int, timestamp_ms: int) -> list[Point]:

@@ -88,7 +88,8 @@ def render(result: SweepResult, wall: float | None = None) -> str:
         lines.append(f"    then the runs table: {link}")
     if result.tracking_s:
         share = f" ({result.tracking_s / (wall or result.seconds):.1%} of the wall)" if wall or result.seconds else ""
-        lines.append(f"  MLflow tracking and the report took {result.tracking_s:.1f}s{share}")
+        beside = f"; the report's {result.report_s:.1f}s ran beside Ray's shutdown" if result.report_s else ""
+        lines.append(f"  MLflow tracking and the report took {result.tracking_s:.1f}s{share}{beside}")
     if result.report is not None:
         lines.append(f"  report (also on the parent run): {os.path.join(result.report, 'report.html')}")
     if result.pending:

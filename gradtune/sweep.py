@@ -47,9 +47,11 @@ class SweepResult:
     workers: int = 1  # trials that could run at once (concurrency limit, cluster CPUs/GPUs)
     experiment_id: str | None = None  # the MLflow experiment's id, for links into the UI
     report: str | None = None  # the local folder of the sweep's report (also on the parent run)
-    # What MLflow tracking and the report cost: time in Tune's callbacks, the writer
-    # thread's CPU, the final drain, and writing the report (tracking.MLflowTracking.cost_s).
+    # What MLflow tracking and the report cost the sweep's wall: time in Tune's callbacks,
+    # the writer thread's CPU, the final drain (tracking.MLflowTracking.cost_s), and the
+    # report's time beyond Ray's shutdown, which it runs beside.
     tracking_s: float = 0.0
+    report_s: float = 0.0  # the report's whole time, most of it beside Ray's shutdown
 
     @property
     def trials(self) -> list[TrialRecord]:
@@ -166,6 +168,11 @@ def _execute(spec: SweepSpec, path: str, parent_id: str | None, address: str | N
         # logger: it imports torch (through tensorboardX) into the driver, seconds at every
         # start, for event files that duplicate what MLflow holds.
         os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+        # Tune snapshots its experiment state each time a trial has made num_to_keep
+        # checkpoints (few are kept: healthy.keep), and warns each time it does so within 5 s.
+        # The snapshots keep a resume consistent with the checkpoints on disk; the warning
+        # says nothing a gradtune user can act on. A value the user set stands.
+        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
         callbacks: list[Any] = [tracker, JsonLoggerCallback(), CSVLoggerCallback()]  # type: ignore[no-untyped-call]
         if progress is not None:
             callbacks.append(Progress(shown, ledger, num_trials, progress))
@@ -204,8 +211,10 @@ def _execute(spec: SweepSpec, path: str, parent_id: str | None, address: str | N
         raise
     finally:
         interrupt.uninstall()
-        # The report (of what ended, for a sweep that ended or was stopped) is drawn while
-        # Ray shuts down: seconds each, and the report needs no Ray.
+        # The parent's note and summary go to the writer's queue now, and the report (of
+        # what ended, for a sweep that ended or was stopped) is drawn, while Ray shuts
+        # down: seconds each, and neither needs Ray.
+        tracker.describe()
         reporter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gradtune-report")
         out = os.path.join(os.path.dirname(spool), "report")
         drawing = reporter.submit(_write_report, shown, ledger, tracker, out) if status != "FAILED" else None
@@ -214,23 +223,26 @@ def _execute(spec: SweepSpec, path: str, parent_id: str | None, address: str | N
             if own_ray and ray.is_initialized():
                 ray.shutdown()
         finally:
-            report_dir, reporting = drawing.result() if drawing is not None else (None, 0.0)
+            shut = time.monotonic()
+            report_dir, reporting, report_end = drawing.result() if drawing is not None else (None, 0.0, shut)
             pending = tracker.finish(status, files=report_dir)
     return SweepResult(
         spec=spec, tracking_uri=uri, experiment=spec.experiment, parent_run_id=parent,
         storage=path, ledger=ledger, runs=tracker.run_ids(),
         seconds=time.monotonic() - started, interrupted=interrupt.signum,
         pending=pending, spool=spool if pending else None, workers=workers,
-        experiment_id=tracker.experiment_id, report=report_dir, tracking_s=tracker.cost_s + reporting,
+        experiment_id=tracker.experiment_id, report=report_dir,
+        tracking_s=tracker.cost_s + max(0.0, report_end - shut), report_s=reporting,
     )
 
 
 def _write_report(spec: SweepSpec, ledger: Ledger, tracker: tracking.MLflowTracking,
-                  out: str) -> tuple[str | None, float]:
-    """The sweep's report (:func:`report.write`) from what the driver holds, into ``out``,
-    and the seconds it took; the folder is ``None`` when the report could not be made
-    (logged: a report never fails the sweep)."""
+                  out: str) -> tuple[str | None, float, float]:
+    """The sweep's report (:func:`report.write`) from what the driver holds, into ``out``:
+    the folder, the seconds it took and when it ended (``time.monotonic``); the folder is
+    ``None`` when the report could not be made (logged: a report never fails the sweep)."""
     started = time.monotonic()
+    folder: str | None = out
     try:
         rows = table.from_ledger(spec, ledger, tracker.run_ids(), tracker.traces, tracker.onsets,
                                  experiment=spec.experiment, experiment_id=tracker.experiment_id,
@@ -238,8 +250,9 @@ def _write_report(spec: SweepSpec, ledger: Ledger, tracker: tracking.MLflowTrack
         report.write(rows, out)
     except Exception:
         log.warning("the sweep's report could not be written", exc_info=True)
-        return None, time.monotonic() - started
-    return out, time.monotonic() - started
+        folder = None
+    ended = time.monotonic()
+    return folder, ended - started, ended
 
 
 STORE_HEAD_START_S = 1.0  # how long the store check runs alone before Ray starts

@@ -40,6 +40,7 @@ from gradtune.params import trial_params
 from gradtune.runview import (
     RUN_STATUS,
     TUNE_KEYS,
+    Steady,
     ended_name,
     metrics_of,
     replay_tags,
@@ -130,6 +131,8 @@ class MLflowTracking(Callback):
         # finish that plus the writer thread's CPU and the final drain (the summary states it).
         self.busy_s = 0.0
         self.cost_s = 0.0
+        self.described = False  # the sweep's end is queued (describe)
+        self.steady: dict[str, Steady] = {}  # run key -> its thinned metrics (runview.Steady)
         self.reopened: dict[str, dict[str, str]] = {}  # trial id -> params of its run, on resume
         # trial ids whose run a crashed driver left RUNNING (found on resume): if Tune's saved
         # state says the trial ended, its end was still in that driver's queue; finish sends it.
@@ -205,16 +208,15 @@ class MLflowTracking(Callback):
         self.writer.start()
         return parent_id
 
-    def finish(self, status: str = "FINISHED", files: str | None = None) -> int:
-        """Describe the sweep on the parent run (its note, :func:`note.render`; counts
-        ``trials_<outcome>`` and ``best_<metric>`` as metrics; ``summary.json``; the files
-        of the local directory ``files``, the sweep's report, as artifacts), end it and
-        wait (``drain_s`` at most) for the writer; returns the number of records still
-        pending (they are in the spool). Child runs still open
-        (trials stopped in flight by an interrupt) end KILLED, tagged
-        ``gradtune.outcome=interrupted``: a resumed sweep continues them."""
-        if self.writer is None or self.parent_id is None:
-            return 0
+    def describe(self) -> None:
+        """Queue, once, what the sweep's end says: the ends of child runs still open (trials
+        stopped in flight by an interrupt end KILLED, tagged ``gradtune.outcome=interrupted``:
+        a resumed sweep continues them), and on the parent its note (:func:`note.render`),
+        counts ``trials_<outcome>`` and ``best_<metric>`` as metrics and ``summary.json``.
+        Called when Tune's run is over; :meth:`finish` calls it if the sweep did not."""
+        if self.writer is None or self.parent_id is None or self.described:
+            return
+        self.described = True
         for trial_id in sorted(self.left_open & self.ended):
             record = self.ledger.records.get(trial_id)
             if record is None or trial_id not in self.runs:
@@ -240,6 +242,15 @@ class MLflowTracking(Callback):
         # Its run ids are the writer's keys until it sends the file (it swaps in the ids).
         self.writer.put("text", self.parent_id, path="summary.json",
                         text=json.dumps(summary, indent=2, allow_nan=False))
+
+    def finish(self, status: str = "FINISHED", files: str | None = None) -> int:
+        """:meth:`describe` the sweep (if not yet), log the files of the local directory
+        ``files`` (the sweep's report) on the parent run, end it with ``status`` and wait
+        (``drain_s`` at most) for the writer; returns the number of records still pending
+        (they are in the spool)."""
+        if self.writer is None or self.parent_id is None:
+            return 0
+        self.describe()
         if files is not None:
             self.writer.put("files", self.parent_id, dir=files)
         self.writer.put("end", self.parent_id, status=status, end_time=_now())
@@ -301,7 +312,7 @@ class MLflowTracking(Callback):
         # this one, so the run's charts show the blow-up step by step.
         points = window_points(result.get(outcome.WINDOW) or (), after, step, now)
         points += metrics_of(result, now)
-        self.writer.put("metrics", key, points=points)
+        self.writer.put("metrics", key, points=self.steady.setdefault(key, Steady())(points))
         trace = self.traces.setdefault(trial.trial_id, [])
         trace += [(p.step, p.value) for p in points if p.key == "grad_norm"]
 
@@ -358,6 +369,7 @@ class MLflowTracking(Callback):
         """End the run ``key`` as ``record`` says: its outcome tags, a name that starts with
         the outcome, ``error.txt`` (``details``: every failure, with tracebacks), the status."""
         assert self.writer is not None
+        self._rest(key)
         tags = {t.key: t.value for t in end_tags(record)}
         tags["mlflow.runName"] = ended_name(record.outcome, record.params)  # the outcome first
         self.writer.put("tags", key, tags=tags)
@@ -379,8 +391,16 @@ class MLflowTracking(Callback):
         self.logged_step.pop(trial_id, None)
         return False
 
+    def _rest(self, key: str) -> None:
+        """Send the points of ``key``'s run that :class:`Steady` held back: its end is near."""
+        assert self.writer is not None
+        held = self.steady.pop(key, Steady()).rest()
+        if held:
+            self.writer.put("metrics", key, points=held)
+
     def _kill(self, key: str) -> None:
         assert self.writer is not None
+        self._rest(key)
         self.writer.put("tags", key, tags={"gradtune.outcome": outcome.INTERRUPTED})
         self.writer.put("end", key, status="KILLED", end_time=_now())
 

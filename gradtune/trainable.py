@@ -20,6 +20,8 @@ def trainable(config: dict[str, Any], spec_data: dict[str, Any], parallel_seeds:
     to N-1 in actors of their own (the trial's placement group has a bundle per seed).
     ``resources.workers`` > 1: :func:`gradtune.rankactor.train`, this process rank 0 of a
     data-parallel job whose other ranks are actors in the trial's placement group."""
+    import logging
+
     import ray
     import torch
     from ray import tune
@@ -27,6 +29,9 @@ def trainable(config: dict[str, Any], spec_data: dict[str, Any], parallel_seeds:
     from gradtune import checkpoint, multiseed, outcome, trial
     from gradtune.spec import SweepSpec
 
+    # Ray logs "Checkpoint successfully created at ..." at INFO for every checkpoint, and
+    # forwards each line to the driver's terminal: dozens a trial, saying nothing.
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     spec = SweepSpec.model_validate(spec_data)
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
     node_id = ray.get_runtime_context().get_node_id()

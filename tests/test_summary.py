@@ -89,7 +89,10 @@ def test_summary_states_the_wall_time_against_the_ideal():
 def test_summary_states_what_tracking_and_the_report_cost():
     result = sweep_result(Ledger())
     result.tracking_s = 2.5
-    assert "  MLflow tracking and the report took 2.5s (5.0% of the wall)" in summary.render(result, wall=50.0)
+    assert summary.render(result, wall=50.0).endswith("  MLflow tracking and the report took 2.5s (5.0% of the wall)")
+    result.report_s = 2.0
+    assert ("  MLflow tracking and the report took 2.5s (5.0% of the wall); the report's 2.0s ran "
+            "beside Ray's shutdown") in summary.render(result, wall=50.0)
     result.tracking_s = 0.0
     assert "MLflow tracking" not in summary.render(result, wall=50.0)
 

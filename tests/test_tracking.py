@@ -92,6 +92,24 @@ def test_ended_runs_are_named_by_their_outcome_first():
     assert tracking.ended_name(Outcome.COMPLETED, params).startswith("completed · norm=none")
 
 
+def test_steady_metrics_are_sent_when_they_change_and_at_the_end():
+    steady = tracking.Steady()
+    sent = []
+    for step, lr, diverged, loss in [(10, 0.1, 0.0, 2.0), (20, 0.1, 0.0, 1.5), (30, 0.1, 0.0, 1.2),
+                                     (40, 0.01, 0.0, 1.1), (50, 0.01, 1.0, math.nan)]:
+        sent += steady([tracking.Point("lr", lr, 0, step), tracking.Point("diverged", diverged, 0, step),
+                        tracking.Point("train_loss", loss, 0, step)])
+    sent += steady.rest()
+    by_key = {k: [(p.step, p.value) for p in sent if p.key == k] for k in ("lr", "diverged")}
+    # the last point of the old value goes out before the new one: a step, not a slope
+    assert by_key["lr"] == [(10, 0.1), (30, 0.1), (40, 0.01), (50, 0.01)]
+    assert by_key["diverged"] == [(10, 0.0), (40, 0.0), (50, 1.0)]
+    assert [p.step for p in sent if p.key == "train_loss"] == [10, 20, 30, 40, 50]  # not steady: all
+    assert steady.rest() == []
+    nan = tracking.Steady()
+    assert len(nan([tracking.Point("lr", math.nan, 0, 1)]) + nan([tracking.Point("lr", math.nan, 0, 2)])) == 2
+
+
 def test_parent_name_is_unique_and_says_spec_and_experiment():
     spec = SweepSpec()
     one, two = tracking.parent_name(spec, "team", 0.0), tracking.parent_name(spec, "team", 0.0)
@@ -118,9 +136,9 @@ def test_a_sweep_as_mlflow_shows_it(tmp_path):
     boom = _trial("boom", None, norm="none", init_scale=4.0)
     for t in (good, boom):
         tracker.on_trial_start(0, [], t)
-    for step in (10, 20):
-        tracker.on_trial_result(0, [], good, {"step": step, "grad_norm": 1.0, "val_loss": 0.5,
-                                              "final": int(step == 20)})
+    for step in (10, 20, 30):
+        tracker.on_trial_result(0, [], good, {"step": step, "grad_norm": 1.0, "val_loss": 0.5, "lr": 0.1,
+                                              "final": int(step == 30)})
     tracker.on_trial_result(0, [], boom, {"step": 10, "grad_norm": 2.0, "train_loss": 1.0})
     window = [[s, 1.0, 10.0 ** s, 0.1] for s in range(5, 16)] + [[16, math.nan, math.inf, math.nan]]
     found = _tables.onset(verdict_step=16)
@@ -128,7 +146,7 @@ def test_a_sweep_as_mlflow_shows_it(tmp_path):
             **Verdict("loss is nan", 16).keys(), outcome.WINDOW: window, outcome.ONSET: onset.to_json(found)}
     tracker.on_trial_result(0, [], boom, last)
     tracker.on_trial_result(0, [], boom, last)  # a replayed report: logged once
-    good.last_result = {"step": 20, "final": 1, "val_loss": 0.5, "val_accuracy": 0.9}
+    good.last_result = {"step": 30, "final": 1, "val_loss": 0.5, "val_accuracy": 0.9}
     boom.last_result = last
     tracker.on_trial_complete(0, [], good)
     tracker.on_trial_complete(0, [], boom)
@@ -151,6 +169,9 @@ def test_a_sweep_as_mlflow_shows_it(tmp_path):
     steps = [m.step for m in history]
     assert steps == [10, *range(11, 16), 16]  # window points after step 10, none at 5..10 again
     assert [m.value for m in history][1] == 1e11
+    # a constant learning rate: its first and last points draw the same line as all three
+    assert [(m.step, m.value) for m in client.get_metric_history(ids["good"], "lr")] == [(10, 0.1), (30, 0.1)]
+    assert [m.step for m in client.get_metric_history(ids["good"], "grad_norm")] == [10, 20, 30]
     logs = {m.step: m.value for m in client.get_metric_history(ids["boom"], "log10_grad_norm")}
     assert logs[11] == 11.0 and 16 not in logs
     p = client.get_run(parent)
