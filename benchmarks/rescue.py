@@ -17,11 +17,12 @@ loss is below the workload's chance-level loss (``reference_loss``). Reported pe
 and overall: the share of mid-training divergences that the rescue turned into trained runs
 (and the restart's share), the best validation loss with stop (completed trials only) and
 with rescue (completed and rescued), and the rescue's compute over the restart's, over all
-mid-training divergences (sum over sum) and after the verdict only (the compute each spends
-beyond the ``d`` steps both have already paid). Target (issue 12): >= 50% trained at <= 60%
+mid-training divergences (sum over sum), after the verdict only (the compute each spends
+beyond the ``d`` steps both have already paid), and per trained run (all steps spent over the
+runs that trained: a restart that diverges again is paid for too). Target (issue 12): >= 50% trained at <= 60%
 of the restart's compute.
 
-    python benchmarks/rescue.py [--families deep_mlp,rnn_adding,transformer] [--quick]
+    python benchmarks/rescue.py [--families deep_mlp,rnn_adding,transformer,transformer_warmup] [--quick]
 
 Prints a table per configuration, a summary per family, then one JSON line.
 """
@@ -34,7 +35,7 @@ import math
 import re
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -57,6 +58,7 @@ class Family:
     lrs: tuple[float, ...]
     seeds: tuple[int, ...]
     steps: int
+    training: dict[str, Any] = field(default_factory=dict)  # more training.* settings
 
 
 FAMILIES = {
@@ -68,6 +70,11 @@ FAMILIES = {
                          (0.04, 0.05, 0.06), (0, 1, 2), 400),
     # 4-block transformer without normalisation, Adam at high peak LR.
     "transformer": Family("transformer", {"layers": 4}, {"name": "adam"}, (0.02, 0.03), (0, 1, 2), 300),
+    # The same transformer with a long linear warmup (250 of 300 steps) to a peak past its
+    # stability edge (~0.03): it learns, then blows up when the rising LR crosses the edge -
+    # the warmup overshoot of large runs, a blow-up in the middle of a run that was learning.
+    "transformer_warmup": Family("transformer", {"layers": 4}, {"name": "adam"}, (0.03, 0.05, 0.08),
+                                 (0, 1, 2), 300, {"warmup_steps": 250}),
 }
 
 
@@ -77,6 +84,7 @@ def make_spec(fam: Family, lr: float, seed: int, rescue: bool) -> SweepSpec:
         "training.steps": fam.steps, "training.report_every": EVERY, "training.checkpoint_every": EVERY,
         "training.device": "cpu", "training.seed": seed, "divergence.window": WINDOW,
         "training.optimizer": {**fam.optimizer, "lr": lr},
+        **{f"training.{k}": v for k, v in fam.training.items()},
     }
     if rescue:
         overrides["divergence.rescue"] = RESCUE
@@ -175,6 +183,12 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "compute_vs_restart": (sum(r["rescue_compute"] for r in mid) / sum(r["restart_compute"] for r in mid)
                                if mid else None),
         "compute_after_verdict_vs_restart": after_rescue / after_restart if after_restart else None,
+        # Steps spent per trained run: a failed restart's steps count too (what a person
+        # pays before a restart trains, if one does).
+        "compute_per_trained_vs_restart": (
+            (sum(r["rescue_compute"] for r in mid) / len(done))
+            / (sum(r["restart_compute"] for r in mid) / sum(r["restart_trained"] for r in mid))
+            if done and any(r["restart_trained"] for r in mid) else None),
         # Rescues that only rolled back to checkpoints (never to the initial state).
         "rollbacks_only": len(back),
         "compute_vs_restart_rollbacks_only": (sum(r["rescue_compute"] for r in back)
@@ -203,14 +217,15 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         fam = FAMILIES[name]
         if args.quick:
-            fam = Family(fam.workload, fam.options, fam.optimizer, fam.lrs, fam.seeds[:1], fam.steps)
+            fam = replace(fam, seeds=fam.seeds[:1])
         run_family(name, fam, rows)
     per = {n: summary([r for r in rows if r["family"] == n]) for n in names}
     total = summary(rows)
     total.update(best_val_stop=None, best_val_rescue=None)  # losses of different tasks: per family only
     print()
     keys = ("configs", "diverged", "mid_training", "share_rescued", "share_restart", "compute_vs_restart",
-            "compute_after_verdict_vs_restart", "rollbacks_only", "compute_vs_restart_rollbacks_only",
+            "compute_after_verdict_vs_restart", "compute_per_trained_vs_restart", "rollbacks_only",
+            "compute_vs_restart_rollbacks_only",
             "best_val_stop", "best_val_rescue")
     print(f"{'':<12s} " + " ".join(f"{k:>12.12s}" for k in keys))
     for name, s in [*per.items(), ("all", total)]:
