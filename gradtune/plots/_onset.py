@@ -12,6 +12,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
 from plotly.subplots import make_subplots
 
 from gradtune.onset import onset_row
@@ -118,6 +119,7 @@ def _panel(row: Row, ax: Any, html: Any, at: tuple[int, int]) -> None:
         ax.axvline(step, color=ONSET_COLOUR, ls="--", lw=1)
         html.add_vline(x=step, line={"color": ONSET_COLOUR, "dash": "dash", "width": 1}, row=at[0], col=at[1])
     ax.set_yscale("log")
+    ax.yaxis.set_minor_locator(NullLocator())  # decades only: minor ticks cost, and say little
     ax.set_xlabel("step")
     ax.set_ylabel("grad norm (pre-clip, log)")
     ax.set_title(headline(row), fontsize=9)

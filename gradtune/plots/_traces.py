@@ -10,6 +10,7 @@ import math
 
 import plotly.graph_objects as go
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
 
 from gradtune.outcome import Outcome
 from gradtune.plots._base import Plot, colour, hover
@@ -55,6 +56,7 @@ def traces(table: SweepTable) -> Plot:
                                       hovertext=f"#{row.number} diverged at step {row.divergence_step}: "
                                                 f"{row.reason}"))
     ax.set_yscale("log")
+    ax.yaxis.set_minor_locator(NullLocator())  # decades only: minor ticks cost, and say little
     ax.set_xlabel("step")
     ax.set_ylabel("grad_norm (pre-clip, log)")
     ax.set_title(f"{title}: diverged in red, X = divergence onset")
