@@ -26,6 +26,7 @@ NaN and inf metric values are sent as they are (MLflow stores them) and spooled 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -62,6 +63,7 @@ BACKOFF_S = (0.25, 5.0)  # first and longest wait between tries
 LIMITS = {"metrics": 1000, "params": 100, "tags": 100}  # MLflow's per-request limits
 BATCH_LIMIT = 1000  # MLflow's limit on metrics + params + tags in one request
 BATCHED = ("metrics", "params", "tags")  # the records one log_batch call can carry
+_WAKE: dict[str, Any] = {"op": "wake"}  # put by close(): not a record, only a wake-up
 
 
 def quiet_http_retries(timeout_s: int = HTTP_TIMEOUT_S) -> None:
@@ -163,7 +165,9 @@ class Writer:
     @property
     def pending(self) -> int:
         """Records not yet acknowledged by the store (in memory or in the spool)."""
-        return len(self._todo) + self._queue.qsize()
+        with self._queue.mutex:
+            queued = sum(1 for r in self._queue.queue if r is not _WAKE)
+        return len(self._todo) + queued
 
     def close(self, timeout_s: float) -> int:
         """Send what is queued, waiting at most ``timeout_s`` for the store; what is still
@@ -171,6 +175,8 @@ class Writer:
         self._deadline = time.monotonic() + timeout_s
         self._closing.set()
         self._wake.set()
+        with contextlib.suppress(queue.Full):  # a thread waiting on an empty queue: at once
+            self._queue.put_nowait(_WAKE)
         if self._thread is not None:
             self._thread.join(timeout_s + HTTP_TIMEOUT_S + 5)
             if self._thread.is_alive():
@@ -231,6 +237,7 @@ class Writer:
                 records.append(self._queue.get_nowait())
         except queue.Empty:
             pass
+        records = [r for r in records if r is not _WAKE]
         for record in records:
             self._seq += 1
             record["seq"] = self._seq
