@@ -196,7 +196,8 @@ class Writer:
     def _loop(self) -> None:
         tries, outage_since = 0, 0.0
         while True:
-            self._take(block=not self._todo)
+            # Closing, nothing more is coming: what is queued is taken without waiting.
+            self._take(block=not self._todo and not self._closing.is_set())
             if not self._todo:
                 if self._closing.is_set() and self._queue.empty():
                     return
