@@ -214,15 +214,15 @@ def _execute(spec: SweepSpec, path: str, parent_id: str | None, address: str | N
         raise
     finally:
         interrupt.uninstall()
-        # The parent's note and summary go to the writer's queue now, and the report (of
-        # what ended, for a sweep that ended or was stopped) is drawn, while Ray shuts
-        # down: seconds each, and neither needs Ray.
-        tracker.describe()
+        # The report (of what ended, for a sweep that ended or was stopped) is drawn, and
+        # the parent's note and summary go to the writer's queue, while Ray shuts down:
+        # seconds each, and neither needs Ray.
         reporter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gradtune-report")
         out = os.path.join(os.path.dirname(spool), "report")
         drawing = reporter.submit(_write_report, shown, ledger, tracker, out) if status != "FAILED" else None
         reporter.shutdown(wait=False)
         try:
+            tracker.describe()
             if own_ray and ray.is_initialized():
                 ray.shutdown()
         finally:
