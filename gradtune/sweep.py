@@ -137,7 +137,7 @@ def _execute(spec: SweepSpec, path: str, parent_id: str | None, address: str | N
     # are up, so a failure of either leaves no run behind.
     pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gradtune-start")
     store = pool.submit(_tracking_step, uri, lambda: tracking.check_store(uri))
-    pool.submit(_preload_report)
+    preloading = pool.submit(_preload_report)
     pool.shutdown(wait=False)
     # A store that fails at once (a server that refuses connections, a bad scheme) is
     # one line before Ray starts, as before; a slow one is waited for after.
@@ -150,6 +150,11 @@ def _execute(spec: SweepSpec, path: str, parent_id: str | None, address: str | N
     interrupt.install()
     try:
         parent = _connect(spec, address, remote, own_ray, tracker, parent_id, store)
+        # From here the driver imports more (Tune's internals; scikit-learn, for the
+        # searcher's risk model) while the preload may still run (ray.init to a remote
+        # cluster is quick): two threads importing one package's modules at once can
+        # deadlock on Python's import locks. On a local Ray it is done by now.
+        wait([preloading], timeout=PRELOAD_WAIT_S)
     except BaseException:
         interrupt.uninstall()
         raise
@@ -283,6 +288,7 @@ def _preload_report() -> None:
         log.debug("preloading the report's libraries failed", exc_info=True)
 
 
+PRELOAD_WAIT_S = 30.0  # at most, for the report's libraries to load (seconds, usually none)
 STORE_HEAD_START_S = 1.0  # how long the store check runs alone before Ray starts
 MANIFEST = "gradtune-sweep.json"  # in the Tune experiment folder: what --resume needs
 
