@@ -10,6 +10,7 @@ Imported by the Ray workers as ``tests.retry_plugins`` (the repository root is o
 
 from __future__ import annotations
 
+import fcntl
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -38,10 +39,15 @@ class Counting(nn.Module):
 
 
 def _attempt(directory: Path) -> int:
-    """Note this attempt (its PID); returns its number, from 1."""
-    with open(directory / "attempts", "a") as f:
+    """Note this attempt (its PID); returns its number, from 1. Locked: the ranks of a
+    data-parallel trial build their workloads at once, and an append then a count by each
+    could both count the other's line (two ranks, one number)."""
+    with open(directory / "attempts", "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
         f.write(f"{os.getpid()}\n")
-    return len((directory / "attempts").read_text().split())
+        f.flush()
+        f.seek(0)
+        return len(f.read().split())
 
 
 def _batches(seed: int, hook: Callable[[int], None]) -> Iterator[tuple[Tensor, Tensor]]:
