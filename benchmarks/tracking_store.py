@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,10 +48,8 @@ def measure(client: MlflowClient, experiment_id: str, repeats: int) -> list[tupl
 
 def fit(rows: list[tuple[int, float, float]]) -> tuple[float, float]:
     """Per-request ms and per-point us: least squares of CPU ms against points."""
-    xs, ys = [r[0] for r in rows], [r[1] for r in rows]
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
-    return my - slope * mx, slope * 1e3
+    slope, intercept = statistics.linear_regression([r[0] for r in rows], [r[1] for r in rows])
+    return intercept, slope * 1e3
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -394,8 +394,8 @@ class MLflowTracking(Callback):
     def _rest(self, key: str) -> None:
         """Send the points of ``key``'s run that :class:`Steady` held back: its end is near."""
         assert self.writer is not None
-        held = self.steady.pop(key, Steady()).rest()
-        if held:
+        steady = self.steady.pop(key, None)
+        if steady is not None and (held := steady.rest()):
             self.writer.put("metrics", key, points=held)
 
     def _kill(self, key: str) -> None:
