@@ -79,7 +79,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     address.probe(args.address)  # a dead cluster says so before the imports below
     # Imported here: validate/ui must not pay for torch and Ray.
-    from gradtune import summary, sweep
+    from gradtune import drawer, summary, sweep
 
     verbose = 1 if args.verbose else 0  # Ray Tune's table only when asked; our lines always
     try:
@@ -92,6 +92,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"gradtune: stopped at once by {signal.Signals(exc.signum).name}; "
               "runs in flight are marked KILLED", file=sys.stderr)
         return 128 + exc.signum
+    finally:
+        drawer.stop()  # the report's process: its work is done
     print(summary.render(result, wall=time.monotonic() - STARTED))
     return 0 if result.interrupted is None else 128 + result.interrupted
 

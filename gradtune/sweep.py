@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
-import io
 import json
 import logging
 import os
@@ -15,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO, TypeVar
 
 from gradtune import address as cluster
-from gradtune import credentials, healthy, report, searcher, seeds, table, tracking
+from gradtune import credentials, drawer, healthy, report, searcher, seeds, table, tracking
 from gradtune import scheduler as sched
 from gradtune.errors import GradtuneError
 from gradtune.interrupt import Interrupt
@@ -135,10 +133,10 @@ def _execute(spec: SweepSpec, path: str, parent_id: str | None, address: str | N
     # The tracking store is reached while Ray starts: a new SQLite store's tables take
     # seconds to create, as does a local Ray. Nothing is created in the store before both
     # are up, so a failure of either leaves no run behind.
-    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gradtune-start")
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gradtune-start")
     store = pool.submit(_tracking_step, uri, lambda: tracking.check_store(uri))
-    preloading = pool.submit(_preload_report)
     pool.shutdown(wait=False)
+    drawer.start()  # the report's process loads its libraries while Ray starts
     # A store that fails at once (a server that refuses connections, a bad scheme) is
     # one line before Ray starts, as before; a slow one is waited for after.
     if wait([store], timeout=STORE_HEAD_START_S).done:
@@ -150,11 +148,6 @@ def _execute(spec: SweepSpec, path: str, parent_id: str | None, address: str | N
     interrupt.install()
     try:
         parent = _connect(spec, address, remote, own_ray, tracker, parent_id, store)
-        # From here the driver imports more (Tune's internals; scikit-learn, for the
-        # searcher's risk model) while the preload may still run (ray.init to a remote
-        # cluster is quick): two threads importing one package's modules at once can
-        # deadlock on Python's import locks. On a local Ray it is done by now.
-        wait([preloading], timeout=PRELOAD_WAIT_S)
     except BaseException:
         interrupt.uninstall()
         raise
@@ -219,20 +212,19 @@ def _execute(spec: SweepSpec, path: str, parent_id: str | None, address: str | N
         raise
     finally:
         interrupt.uninstall()
-        # The report (of what ended, for a sweep that ended or was stopped) is drawn, and
-        # the parent's note and summary go to the writer's queue, while Ray shuts down:
-        # seconds each, and neither needs Ray.
-        reporter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gradtune-report")
+        # The report (of what ended, for a sweep that ended or was stopped) is drawn in
+        # the drawer's process, and the parent's note and summary go to the writer's
+        # queue, while Ray shuts down: seconds each, and neither needs Ray.
         out = os.path.join(os.path.dirname(spool), "report")
-        drawing = reporter.submit(_write_report, shown, ledger, tracker, out) if status != "FAILED" else None
-        reporter.shutdown(wait=False)
+        report_start = time.monotonic()
+        drawing = _start_report(shown, ledger, tracker, out) if status != "FAILED" else None
         try:
             tracker.describe()
             if own_ray and ray.is_initialized():
                 ray.shutdown()
         finally:
             shut = time.monotonic()
-            report_dir, reporting, report_end = drawing.result() if drawing is not None else (None, 0.0, shut)
+            report_dir, reporting, report_end = _report_result(drawing, out, report_start, shut)
             pending = tracker.finish(status, files=report_dir)
     return SweepResult(
         spec=spec, tracking_uri=uri, experiment=spec.experiment, parent_run_id=parent,
@@ -244,51 +236,43 @@ def _execute(spec: SweepSpec, path: str, parent_id: str | None, address: str | N
     )
 
 
-def _write_report(spec: SweepSpec, ledger: Ledger, tracker: tracking.MLflowTracking,
-                  out: str) -> tuple[str | None, float, float]:
-    """The sweep's report (:func:`report.write`) from what the driver holds, into ``out``:
-    the folder, the seconds it took and when it ended (``time.monotonic``); the folder is
-    ``None`` when the report could not be made (logged: a report never fails the sweep)."""
-    started = time.monotonic()
-    folder: str | None = out
+def _start_report(spec: SweepSpec, ledger: Ledger, tracker: tracking.MLflowTracking,
+                  out: str) -> tuple[table.SweepTable, Future[tuple[list[str], float]]] | None:
+    """The sweep's report (:func:`report.write`) from what the driver holds, set drawing
+    into ``out`` in the drawer's process: the table and the drawing's future, or ``None``
+    when the report cannot be made (logged: a report never fails the sweep)."""
     try:
         rows = table.from_ledger(spec, ledger, tracker.run_ids(), tracker.traces, tracker.onsets,
                                  experiment=spec.experiment, experiment_id=tracker.experiment_id,
                                  parent_run_id=tracker.parent_id)
-        report.write(rows, out)
+        return rows, drawer.draw(rows, out)
     except Exception:
         log.warning("the sweep's report could not be written", exc_info=True)
-        folder = None
-    ended = time.monotonic()
-    return folder, ended - started, ended
+        return None
 
 
-def _preload_report() -> None:
-    """Import what the sweep's report draws with (matplotlib, plotly, Optuna's
-    visualization and importance: ~1.5 s) and draw one tiny figure with each library (their
-    first figure loads fonts and templates: ~0.2 s) while Ray starts, when the machine is
-    half idle (measured: 56% of 2 cores busy during a local ``ray.init``), not at the
-    sweep's end. A failure here is the report's to report, when it is drawn."""
+def _report_result(drawing: tuple[table.SweepTable, Future[tuple[list[str], float]]] | None, out: str,
+                   started: float, now: float) -> tuple[str | None, float, float]:
+    """Wait for the report :func:`_start_report` set drawing: its folder (``None`` when it
+    could not be made: logged), the seconds since ``started`` and when it ended
+    (``time.monotonic``; ``now`` when none was drawn). When the drawer's process died (killed,
+    out of memory), the report is drawn here."""
+    if drawing is None:
+        return None, 0.0, now
+    rows, future = drawing
     try:
-        # gradtune.plots first: it chooses matplotlib's Agg backend before Optuna's
-        # matplotlib plots import pyplot; Optuna's importance brings scikit-learn (fANOVA).
-        for name in ("gradtune.plots", "optuna.visualization.matplotlib", "optuna.importance"):
-            importlib.import_module(name)
-        import plotly.graph_objects as go
-        from matplotlib.figure import Figure
-
-        fig = Figure(figsize=(1, 1))
-        ax = fig.subplots()
-        ax.plot([1, 2], [1, 10])
-        ax.set_yscale("log")
-        ax.set_title("warm-up")
-        fig.savefig(io.BytesIO(), format="png", dpi=50)
-        go.Figure(go.Scatter(x=[1], y=[1])).to_html(full_html=False, include_plotlyjs=False)
+        try:
+            _, ended = future.result()
+        except drawer.DrawerError:
+            log.warning("the report's process died; drawing the report in the driver")
+            report.write(rows, out)
+            ended = time.monotonic()
     except Exception:
-        log.debug("preloading the report's libraries failed", exc_info=True)
+        log.warning("the sweep's report could not be written", exc_info=True)
+        return None, time.monotonic() - started, time.monotonic()
+    return out, ended - started, ended
 
 
-PRELOAD_WAIT_S = 30.0  # at most, for the report's libraries to load (seconds, usually none)
 STORE_HEAD_START_S = 1.0  # how long the store check runs alone before Ray starts
 MANIFEST = "gradtune-sweep.json"  # in the Tune experiment folder: what --resume needs
 

@@ -3,8 +3,10 @@ store, so that Tune's driver loop never waits on the server.
 
 The driver only calls :meth:`Writer.put` (a ``put_nowait`` on a bounded queue). The thread
 sends the records in order, batching consecutive metric, param and tag records into one
-``log_batch`` call per run (a run's first params, tags and metrics cost one request, not three),
-and retries connection errors, timeouts, 429 and 5xx with capped exponential backoff and
+``log_batch`` call per run: such a record waits until it has been queued ``linger_s``
+seconds, so that what comes behind it goes in the same request (a run's params, its first
+tags and its first metrics cost one request, not three); a create or an end goes at once.
+It retries connection errors, timeouts, 429 and 5xx with capped exponential backoff and
 jitter. MLflow's own HTTP retries (minutes, by default) are turned down for this process
 (:func:`quiet_http_retries`) so that the writer, not urllib3, decides how long to wait.
 
@@ -105,7 +107,7 @@ class Writer:
         self.client = MlflowClient(tracking_uri=uri)
         self.spool = Path(spool) if spool is not None else None
         self.outage_s = outage_s
-        self.linger_s = linger_s  # after a send, wait this long so that records batch up
+        self.linger_s = linger_s  # a batched record waits this long so that others join it
         self.ids: dict[str, str] = {}  # local run key -> server run id
         self.requests = 0  # calls made to the store, for tests and measurements
         self.dropped = 0  # records the store refused for good, or a full queue turned away
@@ -113,6 +115,7 @@ class Writer:
         self._queue: queue.Queue[dict[str, Any]] = queue.Queue(maxsize)
         self._todo: deque[dict[str, Any]] = deque()  # taken from the queue, not yet sent
         self._seq = 0  # of the last record taken
+        self._taken: dict[int, float] = {}  # sequence number -> when it was taken (monotonic)
         self._filed = 0  # the spool holds every record up to this sequence number
         self._filed_ids: set[str] = set()  # keys whose run id the spool holds
         self._spooling = False
@@ -205,6 +208,10 @@ class Writer:
             if self._closing.is_set() and time.monotonic() >= self._deadline:
                 self._to_spool()
                 return
+            wait = self._linger()
+            if wait > 0:
+                self._sleep(wait)
+                continue
             batch = self._head()
             try:
                 new_ids = self._send(batch)
@@ -224,8 +231,15 @@ class Writer:
                             time.monotonic() - outage_since)
             tries = 0
             self._done(batch, new_ids)
-            if not self._todo and not self._closing.is_set():
-                self._sleep(self.linger_s)
+
+    def _linger(self) -> float:
+        """Seconds the head record should still wait for others to join its request: a
+        metric, param or tag record waits until it has been queued ``linger_s`` seconds
+        (not while closing); other records go at once."""
+        head = self._todo[0]
+        if head["op"] not in BATCHED or self._closing.is_set():
+            return 0.0
+        return self._taken.get(head["seq"], -math.inf) + self.linger_s - time.monotonic()
 
     def _take(self, block: bool) -> None:
         """Move queued records to ``_todo``, numbering them (and spooling them when the
@@ -239,9 +253,11 @@ class Writer:
         except queue.Empty:
             pass
         records = [r for r in records if r is not _WAKE]
+        now = time.monotonic()
         for record in records:
             self._seq += 1
             record["seq"] = self._seq
+            self._taken[self._seq] = now
             self._todo.append(record)
         if self._spooling and records:
             self._file(records)
@@ -365,7 +381,7 @@ class Writer:
 
     def _done(self, batch: list[dict[str, Any]], new_ids: dict[str, str]) -> None:
         for _ in batch:
-            self._todo.popleft()
+            self._taken.pop(self._todo.popleft()["seq"], None)
         self.ids.update(new_ids)
         if self._spooling:
             self._write({"acked": batch[-1]["seq"], "ids": new_ids})

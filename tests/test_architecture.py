@@ -22,6 +22,7 @@ FLOORS = [
     {"trainable", "replay"},
     {"progress", "plots"},
     {"report"},
+    {"drawer"},
     {"sweep"},
     {"summary"},
     {"cli"},
