@@ -128,8 +128,12 @@ class MLflowTracking(Callback):
         # steps after its checkpoint, which are not logged twice.
         self.logged_step: dict[str, int] = {}
         # What tracking costs the sweep, in seconds: time in Tune's callbacks here, and at
-        # finish that plus the writer thread's CPU and the final drain (the summary states it).
+        # finish that plus the writer thread's CPU while Tune ran and the final drain (the
+        # summary states it). What the writer sends after Tune's run (the last trials' ends,
+        # the parent's note, summary and report) goes while Ray shuts down, when the cores
+        # are idle: it costs the sweep only where it outlasts the shutdown, the drain.
         self.busy_s = 0.0
+        self.tuning_cpu_s = 0.0  # the writer thread's CPU when Tune's run ended (describe)
         self.cost_s = 0.0
         self.described = False  # the sweep's end is queued (describe)
         self.steady: dict[str, Steady] = {}  # run key -> its thinned metrics (runview.Steady)
@@ -217,6 +221,7 @@ class MLflowTracking(Callback):
         if self.writer is None or self.parent_id is None or self.described:
             return
         self.described = True
+        self.tuning_cpu_s = self.writer.cpu_s
         for trial_id in sorted(self.left_open & self.ended):
             record = self.ledger.records.get(trial_id)
             if record is None or trial_id not in self.runs:
@@ -257,12 +262,12 @@ class MLflowTracking(Callback):
         started = time.monotonic()
         pending = self.writer.close(self.drain_s)
         drained = time.monotonic() - started
-        self.cost_s = self.busy_s + self.writer.cpu_s + drained
+        self.cost_s = self.busy_s + self.tuning_cpu_s + drained
         log.info("MLflow writer: drained in %.2fs; %d requests, %d records pending, %d dropped",
                  drained, self.writer.requests, pending, self.writer.dropped)
         log.info("MLflow tracking cost %.2fs: %.2fs in Tune's driver loop, %.2fs CPU in the "
-                 "writer's thread, %.2fs draining at the end", self.cost_s, self.busy_s,
-                 self.writer.cpu_s, drained)
+                 "writer's thread while Tune ran (%.2fs in all), %.2fs draining at the end",
+                 self.cost_s, self.busy_s, self.tuning_cpu_s, self.writer.cpu_s, drained)
         return pending
 
     def run_ids(self) -> dict[str, str]:

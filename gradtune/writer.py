@@ -3,9 +3,9 @@ store, so that Tune's driver loop never waits on the server.
 
 The driver only calls :meth:`Writer.put` (a ``put_nowait`` on a bounded queue). The thread
 sends the records in order, batching consecutive metric, param and tag records into one
-``log_batch`` call per run: such a record waits until it has been queued ``linger_s``
-seconds, so that what comes behind it goes in the same request (a run's params, its first
-tags and its first metrics cost one request, not three); a create or an end goes at once.
+``log_batch`` call per run: a metric or tag record waits until it has been queued
+``linger_s`` seconds, so that what comes behind it goes in the same request; a create, a
+run's params and an end go at once.
 It retries connection errors, timeouts, 429 and 5xx with capped exponential backoff and
 jitter. MLflow's own HTTP retries (minutes, by default) are turned down for this process
 (:func:`quiet_http_retries`) so that the writer, not urllib3, decides how long to wait.
@@ -65,6 +65,7 @@ BACKOFF_S = (0.25, 5.0)  # first and longest wait between tries
 LIMITS = {"metrics": 1000, "params": 100, "tags": 100}  # MLflow's per-request limits
 BATCH_LIMIT = 1000  # MLflow's limit on metrics + params + tags in one request
 BATCHED = ("metrics", "params", "tags")  # the records one log_batch call can carry
+LINGER = ("metrics", "tags")  # the records that wait for others to join their request
 _WAKE: dict[str, Any] = {"op": "wake"}  # put by close(): not a record, only a wake-up
 
 
@@ -111,7 +112,7 @@ class Writer:
         self.ids: dict[str, str] = {}  # local run key -> server run id
         self.requests = 0  # calls made to the store, for tests and measurements
         self.dropped = 0  # records the store refused for good, or a full queue turned away
-        self.cpu_s = 0.0  # CPU seconds the writer's thread used (set when it ends)
+        self.cpu_s = 0.0  # CPU seconds the writer's thread has used, as of its last request
         self._queue: queue.Queue[dict[str, Any]] = queue.Queue(maxsize)
         self._todo: deque[dict[str, Any]] = deque()  # taken from the queue, not yet sent
         self._seq = 0  # of the last record taken
@@ -231,13 +232,15 @@ class Writer:
                             time.monotonic() - outage_since)
             tries = 0
             self._done(batch, new_ids)
+            self.cpu_s = time.thread_time()
 
     def _linger(self) -> float:
         """Seconds the head record should still wait for others to join its request: a
-        metric, param or tag record waits until it has been queued ``linger_s`` seconds
-        (not while closing); other records go at once."""
+        metric or tag record waits until it has been queued ``linger_s`` seconds (not while
+        closing); other records go at once. Params too: they name the run a resume continues
+        (``tracking.MLflowTracking.reopen``), so a run's params follow its create at once."""
         head = self._todo[0]
-        if head["op"] not in BATCHED or self._closing.is_set():
+        if head["op"] not in LINGER or self._closing.is_set():
             return 0.0
         return self._taken.get(head["seq"], -math.inf) + self.linger_s - time.monotonic()
 
