@@ -37,6 +37,16 @@ def ray_session():
         ray.shutdown()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _drawer_stopped():
+    """The report's process that sweeps in this session started (gradtune.drawer) ends
+    with the session."""
+    yield
+    from gradtune import drawer
+
+    drawer.stop()
+
+
 @pytest.fixture
 def tiny_spec(tmp_path: Path):
     """``tiny_spec(**dotted_overrides)``: a short sweep writing into ``tmp_path``."""
