@@ -204,7 +204,7 @@ def _execute(spec: SweepSpec, path: str, parent_id: str | None, address: str | N
         else:
             tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
             _rewire(tuner, search, scheduler, callbacks, verbose)
-        with interrupt.tuning():
+        with interrupt.tuning(), _quiet_tune(verbose):
             tuner.fit()
         status = "KILLED" if interrupt.signum else "FINISHED"
     except KeyboardInterrupt:
@@ -431,6 +431,23 @@ def _bounded_connect(remote: bool) -> Iterator[None]:
         yield
         return
     os.environ[name] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
+
+
+@contextlib.contextmanager
+def _quiet_tune(verbose: int) -> Iterator[None]:
+    """At ``verbose`` 0, Tune's legacy output, silent at 0, instead of its new output engine,
+    which prints a configuration box at every start whatever the verbosity (gradtune prints
+    its own lines). Tune reads ``RAY_AIR_NEW_OUTPUT`` when its run starts; a user's own
+    setting is kept."""
+    name = "RAY_AIR_NEW_OUTPUT"
+    if verbose or name in os.environ:
+        yield
+        return
+    os.environ[name] = "0"
     try:
         yield
     finally:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -86,6 +87,26 @@ def test_module_entry_point_runs_a_sweep(tmp_path):
     assert "gradtune sweep 'quickstart': 2 trials" in proc.stdout
     assert "python -m gradtune ui --tracking-uri sqlite:///" in proc.stdout
     assert (tmp_path / "mlflow.db").exists()
+    # gradtune's own lines, without -v none of Tune's (its box, its table)
+    assert proc.stdout.startswith("[1/2] "), proc.stdout[:500]
+    assert "Configuration for experiment" not in proc.stdout and "Trial status" not in proc.stdout
+
+
+@pytest.mark.parametrize("verbose, before, during", [
+    (0, None, "0"),  # Tune's legacy output: silent at verbosity 0
+    (1, None, None),  # -v: Tune's own output, as it comes
+    (0, "1", "1"),  # the user's setting stands
+])
+def test_tune_is_quiet_unless_asked(monkeypatch, verbose, before, during):
+    from gradtune import sweep
+
+    if before is None:
+        monkeypatch.delenv("RAY_AIR_NEW_OUTPUT", raising=False)
+    else:
+        monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", before)
+    with sweep._quiet_tune(verbose):
+        assert os.environ.get("RAY_AIR_NEW_OUTPUT") == during
+    assert os.environ.get("RAY_AIR_NEW_OUTPUT") == before
 
 
 @pytest.mark.parametrize("argv, expected", [
