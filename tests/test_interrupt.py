@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -83,6 +84,18 @@ def wait_for_metrics(tmp: Path, proc: subprocess.Popen, log: Path, timeout: floa
     raise AssertionError(f"no metrics after {timeout}s:\n{tail(log)}")
 
 
+WORKER_LINE = re.compile(r"^(\x1b\[\d+m)?\(\w+ pid=\d+(, ip=[\d.]+)?\)")
+
+
+def driver_lines(out: str) -> str:
+    """``out`` without the lines Ray forwards from worker processes (``(trainable pid=N)
+    ...``). At ``ray.shutdown`` Ray SIGTERMs its idle workers, and its own handler's
+    SystemExit, raised inside whatever the worker was running (a weakref callback, say),
+    can print "Exception ignored ... Traceback": Ray's teardown, not the driver's. A
+    trial's own error reaches the driver as Tune's trial error, in the driver's lines."""
+    return "\n".join(line for line in out.splitlines() if not WORKER_LINE.match(line))
+
+
 def finish(proc: subprocess.Popen, log: Path, timeout: float = 300) -> tuple[int, str]:
     try:
         code = proc.wait(timeout=timeout)
@@ -99,7 +112,7 @@ def test_a_signal_stops_the_sweep_killed_and_resumable(tmp_path, sig, code):
     os.kill(proc.pid, sig)
     rc, out = finish(proc, log)
     assert rc == code, out[-3000:]
-    assert "Traceback" not in out, out[-3000:]
+    assert "Traceback" not in driver_lines(out), out[-3000:]
     assert "--resume" in out and "python -m gradtune sweep --resume" in out
     everything = runs(tmp_path)
     assert [r.info.status for r in everything if r.info.status == "RUNNING"] == []
