@@ -46,7 +46,8 @@ _waiter: ThreadPoolExecutor | None = None  # waits for the drawer's answers
 
 
 class DrawerError(RuntimeError):
-    """The drawer's process died, or could not be reached, before it answered."""
+    """The drawer's process died, or could not be reached, before it answered; or the
+    report could not be sent to it (not picklable). The driver can still draw it."""
 
 
 def start() -> None:
@@ -59,8 +60,9 @@ def draw(table: SweepTable, out: str | Path) -> Future[tuple[list[str], float]]:
     """Write ``table``'s report into ``out`` in the drawer's process. The future's result:
     the paths written (as :func:`gradtune.report.write` returns them) and when the drawing
     ended (``time.monotonic``: system-wide on Linux and macOS, so comparable with the
-    driver's). It raises :class:`DrawerError` when the process died, or ``RuntimeError``
-    with the drawer's traceback when ``report.write`` raised there."""
+    driver's). It raises :class:`DrawerError` when the process died or the table could not
+    be sent, or ``RuntimeError`` with the drawer's traceback when ``report.write`` raised
+    there."""
     global _waiter
     with _lock:
         if _waiter is None:
@@ -88,11 +90,15 @@ def _ensure() -> subprocess.Popen[bytes]:
 
 def _request(table: SweepTable, out: str) -> tuple[list[str], float]:
     global _proc
+    try:  # whole, before the pipe sees a byte: a half-written request would derail the next
+        request = pickle.dumps((table, out), protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        raise DrawerError(f"the report could not be sent to its process: {exc}") from exc
     with _lock:
         proc = _ensure()
         assert proc.stdin is not None and proc.stdout is not None
         try:
-            pickle.dump((table, out), proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+            proc.stdin.write(request)
             proc.stdin.flush()
             answer = pickle.load(proc.stdout)
         except (OSError, EOFError, pickle.UnpicklingError) as exc:

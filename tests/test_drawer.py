@@ -90,6 +90,15 @@ def test_the_sweep_draws_in_the_driver_when_the_drawer_died(tmp_path):
     assert 0 < seconds and ended > started
 
 
+def test_a_table_that_cannot_be_sent_raises_drawer_error_and_leaves_the_drawer_working(tmp_path):
+    swept = _tables.sweep(3)
+    swept.rows[0].params["knob"] = lambda: None  # not picklable
+    with pytest.raises(drawer.DrawerError, match="could not be sent"):
+        drawer.draw(swept, tmp_path / "a").result(timeout=60)
+    drawer.draw(_tables.sweep(3), tmp_path / "b").result(timeout=60)
+    assert (tmp_path / "b" / "report.html").is_file()
+
+
 def test_stop_ends_the_process():
     pid = _pid()
     proc = drawer._proc
