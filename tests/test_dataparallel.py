@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,10 @@ def _rank_main(rank: int, world: int, port: int, spec_data: dict[str, Any], conf
     finally:
         dataparallel.leave()
     Path(out, f"rank{rank}.json").write_text(json.dumps(reports))
+    # Done: end without the interpreter's teardown, where torch's gloo threads once
+    # aborted the process ("terminate called without an active exception", SIGABRT in CI)
+    # after both ranks had written their reports.
+    os._exit(0)
 
 
 def _run_ranks(spec: SweepSpec, config: dict[str, Any], out: Path, world: int = 2) -> list[list[dict[str, Any]]]:
