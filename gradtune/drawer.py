@@ -3,7 +3,7 @@
 Why a process: the report is drawn while Ray shuts down, and in the driver a drawing thread
 shares one GIL with the MLflow writer's thread, which is sending the sweep's last records
 then; a process draws on a core of its own (a local ``ray.shutdown`` leaves the cores ~95%
-idle). And the driver never imports matplotlib, plotly and Optuna's visualization (~1.5 s):
+idle). And the driver never imports matplotlib, plotly and Optuna's visualization (~1.3 s):
 the drawer loads them, and draws a tiny figure with each (fonts, templates), as soon as
 :func:`start` is called at the sweep's start, while Ray starts and the cores are half idle.
 

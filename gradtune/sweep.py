@@ -269,7 +269,8 @@ def _report_result(drawing: tuple[table.SweepTable, Future[tuple[list[str], floa
             ended = time.monotonic()
     except Exception:
         log.warning("the sweep's report could not be written", exc_info=True)
-        return None, time.monotonic() - started, time.monotonic()
+        ended = time.monotonic()
+        return None, ended - started, ended
     return out, ended - started, ended
 
 
@@ -426,15 +427,8 @@ def _bounded_connect(remote: bool) -> Iterator[None]:
     20 (``RAY_gcs_server_port_wait_time_s``, read at connect time), each of at most
     about 10 + :data:`GCS_CONNECT_TIMEOUT_S` seconds; so a port that accepts connections
     but is no Ray GCS fails in about 20 s. A user's own setting is kept."""
-    name = "RAY_gcs_server_port_wait_time_s"
-    if not remote or name in os.environ:
+    with _env_unless_set("RAY_gcs_server_port_wait_time_s", "1", remote):
         yield
-        return
-    os.environ[name] = "1"
-    try:
-        yield
-    finally:
-        os.environ.pop(name, None)
 
 
 @contextlib.contextmanager
@@ -443,11 +437,18 @@ def _quiet_tune(verbose: int) -> Iterator[None]:
     which prints a configuration box at every start whatever the verbosity (gradtune prints
     its own lines). Tune reads ``RAY_AIR_NEW_OUTPUT`` when its run starts; a user's own
     setting is kept."""
-    name = "RAY_AIR_NEW_OUTPUT"
-    if verbose or name in os.environ:
+    with _env_unless_set("RAY_AIR_NEW_OUTPUT", "0", not verbose):
+        yield
+
+
+@contextlib.contextmanager
+def _env_unless_set(name: str, value: str, when: bool) -> Iterator[None]:
+    """``name=value`` in the environment for the block, when ``when`` and the user has not
+    set ``name``; removed after."""
+    if not when or name in os.environ:
         yield
         return
-    os.environ[name] = "0"
+    os.environ[name] = value
     try:
         yield
     finally:
