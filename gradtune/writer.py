@@ -5,7 +5,7 @@ The driver only calls :meth:`Writer.put` (a ``put_nowait`` on a bounded queue). 
 sends the records in order, batching consecutive metric, param and tag records into one
 ``log_batch`` call per run: a metric or tag record waits until it has been queued
 ``linger_s`` seconds, so that what comes behind it goes in the same request; a create, a
-run's params and an end go at once.
+run's params and an end go at once (an end with what is queued before it).
 It retries connection errors, timeouts, 429 and 5xx with capped exponential backoff and
 jitter. MLflow's own HTTP retries (minutes, by default) are turned down for this process
 (:func:`quiet_http_retries`) so that the writer, not urllib3, decides how long to wait.
@@ -66,6 +66,7 @@ LIMITS = {"metrics": 1000, "params": 100, "tags": 100}  # MLflow's per-request l
 BATCH_LIMIT = 1000  # MLflow's limit on metrics + params + tags in one request
 BATCHED = ("metrics", "params", "tags")  # the records one log_batch call can carry
 LINGER = ("metrics", "tags")  # the records that wait for others to join their request
+LINGER_SLICE_S = 0.2  # how often a lingering writer looks at the queue
 _WAKE: dict[str, Any] = {"op": "wake"}  # put by close(): not a record, only a wake-up
 
 
@@ -210,8 +211,8 @@ class Writer:
                 self._to_spool()
                 return
             wait = self._linger()
-            if wait > 0:
-                self._sleep(wait)
+            if wait > 0:  # in slices: a record that goes at once may arrive meanwhile
+                self._sleep(min(wait, LINGER_SLICE_S))
                 continue
             batch = self._head()
             try:
@@ -236,11 +237,13 @@ class Writer:
 
     def _linger(self) -> float:
         """Seconds the head record should still wait for others to join its request: a
-        metric or tag record waits until it has been queued ``linger_s`` seconds (not while
-        closing); other records go at once. Params too: they name the run a resume continues
+        metric or tag record waits until it has been queued ``linger_s`` seconds; other
+        records go at once. An end goes at once with everything before it (a run's end is
+        not held back behind its last metrics and tags), and so does everything while
+        closing. Params do not wait: they name the run a resume continues
         (``tracking.MLflowTracking.reopen``), so a run's params follow its create at once."""
         head = self._todo[0]
-        if head["op"] not in LINGER or self._closing.is_set():
+        if head["op"] not in LINGER or self._closing.is_set() or any(r["op"] == "end" for r in self._todo):
             return 0.0
         return self._taken.get(head["seq"], -math.inf) + self.linger_s - time.monotonic()
 

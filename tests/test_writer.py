@@ -62,6 +62,26 @@ def put_trial(w: Writer, exp_id: str, key: str, name: str, reports: int, values=
     w.put("end", key, status="FINISHED", end_time=9000)
 
 
+@pytest.mark.slow
+def test_metrics_wait_to_be_batched_but_not_in_front_of_an_end(store, tmp_path):
+    uri, client, exp_id = store
+    w = Writer(uri, tmp_path / "spool.jsonl", linger_s=30.0)
+    key = w.new_key()
+    w.start()
+    w.put("create", key, experiment_id=exp_id, name="r", start_time=1000, tags={})
+    w.put("metrics", key, points=[Point("loss", 1.0, 2000, 1)])
+    time.sleep(1.0)
+    (run,) = client.search_runs([exp_id])
+    assert run.data.metrics == {}  # lingering, for others to join its request
+    w.put("end", key, status="FINISHED", end_time=9000)  # pulls the queue along
+    deadline = time.monotonic() + 10
+    while client.get_run(run.info.run_id).info.status != "FINISHED" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    run = client.get_run(run.info.run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics == {"loss": 1.0}
+    assert w.close(5) == 0
+
+
 def runs_by_name(client, exp_id):
     return {r.info.run_name: r for r in client.search_runs([exp_id], max_results=100)}
 
