@@ -117,10 +117,12 @@ def edge(lr, seed=0, n=3, **more):
 PLAIN = {"norm": "none", "clip_method": "none", "init_scale": 1.0, "batch_size": 32}
 
 
-@pytest.mark.parametrize(("lr", "seed", "p"), [(0.05, 0, 0.0), (0.4, 0, 1 / 3), (0.8, 1, 2 / 3), (0.8, 0, 1.0)])
+@pytest.mark.parametrize(("lr", "seed", "p"), [(0.05, 0, 0.0), (0.5, 0, 1 / 3), (0.6, 0, 2 / 3), (0.6, 1, 1.0)])
 def test_three_seeds_near_the_edge_give_p_diverged(lr, seed, p):
-    """Measured on this family: at lr 0.4 seed 0 diverges and seeds 1-2 train; at lr 0.8
-    seeds 1-2 diverge and seed 3 trains."""
+    """Measured on this family: at lr 0.5 seed 0 diverges (step 14) and seeds 1-2 train (as
+    from seed 1, with seed 3); at lr 0.6 seed 0 trains and seeds 1-3 diverge (steps 12, 8,
+    13). Cases whose divergences come early: one that came at step 59 of 60 (lr 0.4) went
+    either way between two CPUs' float kernels."""
     reports: list[dict] = []
     last = multiseed.train(edge(lr, seed), PLAIN, reports.append)
     assert last["p_diverged"] == pytest.approx(p)
