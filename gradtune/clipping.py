@@ -57,14 +57,18 @@ def _grads(params: Params) -> list[Tensor]:
     return [p.grad for p in params if p.grad is not None]
 
 
+def _coef(norm: Tensor, limit: Tensor | float) -> Tensor:
+    """What gradients of global norm ``norm`` are multiplied by to be at most ``limit``: 1 at
+    or under the limit (``limit / (norm + 1e-6)`` alone would shrink a norm equal to the
+    limit by a hair), so ``clipped`` means changed."""
+    return torch.where(norm > limit, limit / (norm + 1e-6), torch.ones_like(norm))
+
+
 def _scale_to(grads: list[Tensor], limit: Tensor | float, norm: Tensor) -> None:
     """Scale ``grads`` so their global norm is at most ``limit``, without a host sync
-    (``clip_grads_with_norm_`` would call ``float()`` on a tensor limit). Gradients at or
-    under the limit are left exactly as they are (``limit / (norm + 1e-6)`` alone would
-    shrink a norm equal to the limit by a hair), so ``clipped`` means changed."""
+    (``clip_grads_with_norm_`` would call ``float()`` on a tensor limit)."""
     if grads:
-        coef = torch.where(norm > limit, limit / (norm + 1e-6), torch.ones_like(norm))
-        torch._foreach_mul_(grads, coef)
+        torch._foreach_mul_(grads, _coef(norm, limit))
 
 
 def _no(norm: Tensor) -> Tensor:
@@ -74,6 +78,7 @@ def _no(norm: Tensor) -> Tensor:
 class NoClip:
     def __call__(self, params: Params) -> tuple[Tensor, Tensor]:
         norm = get_total_norm(_grads(params), 2.0)
+        self.after = norm  # see norm_after
         return norm, _no(norm)
 
 
@@ -84,7 +89,10 @@ class NormClip:
     def __call__(self, params: Params) -> tuple[Tensor, Tensor]:
         grads = _grads(params)
         norm = get_total_norm(grads, 2.0)
-        _scale_to(grads, self.threshold, norm)
+        coef = _coef(norm, self.threshold)
+        if grads:
+            torch._foreach_mul_(grads, coef)
+        self.after = norm * coef  # see norm_after
         return norm, norm > self.threshold
 
 
@@ -210,6 +218,13 @@ class ZClip:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.buffer = list(state["buffer"].unbind())
         self.mean, self.var = state["mean"], state["var"]
+
+
+def norm_after(clipper: Clipper) -> Tensor | None:
+    """The gradients' global norm after ``clipper``'s last call, where it follows from the
+    pre-clip norm (no clipping; norm clipping at a fixed threshold: both keep it, as
+    ``after``), else ``None``. A non-finite pre-clip norm gives a non-finite one."""
+    return clipper.after if isinstance(clipper, (NoClip, NormClip)) else None
 
 
 # The clip methods that take a threshold, by name, in the order error messages list them;

@@ -8,7 +8,9 @@ a ``report`` callable, so tests and benchmarks drive it without Ray; the Ray Tun
 Reported metrics (every report): ``step``, ``train_loss`` (mean over the window),
 ``grad_norm`` (global L2 norm before clipping, last step of the window), ``grad_norm_max``
 (max over the window), ``clip_fraction`` (share of the window's steps where clipping
-changed the gradient), ``update_ratio`` (||dw|| / ||w|| of the last step), ``lr``,
+changed the gradient), ``update_ratio`` (||dw|| / ||w|| of the last step: measured every
+step while a rule reads it (``divergence.update_ratio``, ``loss_factor``), else on report
+steps only, and NaN on the others, a verdict's among them), ``lr``,
 ``val_loss`` and ``val_accuracy`` (latest evaluation), ``diverged`` (0/1), ``final`` (0/1);
 and the workload's own signals of the last step, if it has any (``Workload.signals``:
 ``attn_logit_max`` and ``attn_entropy_min`` for ``tiny_lm``), read in the same host sync.
@@ -208,10 +210,16 @@ def train(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
     )
     clip = clipping.make(params["clip_method"], params.get("clip_threshold"))
+    # The rules that read every step's update ratio (a monitor passed in may read anything);
+    # without them only the reports read it, so it is measured on their steps only.
+    ratio_every_step = monitor is not None or (spec.divergence.enabled and bool(
+        spec.divergence.update_ratio or spec.divergence.loss_factor))
     if monitor is None:
         monitor = signals.Monitor(spec.divergence, reference_loss=wl.reference_loss, budget=t.steps)
-    updates = telemetry.UpdateRatio(weights, flat=flat)
     amp = Precision(t.precision, device)
+    # Under fp16 the scaler may skip a step, which SGD's own numbers would not show: copy.
+    updates = telemetry.UpdateRatio(weights, flat=flat, optimizer=optimizer if amp.scaler is None else None)
+    unmeasured = torch.full((), math.nan, device=device)
     judge = Judge(monitor, amp)
     eval_every = t.eval_every or t.report_every
     val: dict[str, float] = {}
@@ -267,11 +275,13 @@ def train(
         if layers is not None:
             layers.record(step)  # per-layer pre-clip norms, on the device (no sync)
         grad_norm, clipped = clip(weights)  # pre-clip global L2 norm
-        updates.before_step()
+        measured = ratio_every_step or step % t.report_every == 0 or step == t.steps
+        if measured:
+            updates.before_step()
         lr = schedule.get_last_lr()[0]
         amp.step(optimizer)
         schedule.step()
-        ratio = updates.after_step()
+        ratio = updates.after_step(clipping.norm_after(clip)) if measured else unmeasured
         extra = wl.signals() if wl.signals else {}  # the workload's own, e.g. attention
         stats = torch.stack([loss.detach().float(), grad_norm.float(), clipped.float(), ratio.float(),
                              *(v.float() for v in extra.values())])

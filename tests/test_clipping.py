@@ -242,3 +242,26 @@ def test_returns_zero_dim_tensors_without_host_sync(method):
     norm, clipped = clipping.make(method, 1.0)(ps)
     assert isinstance(norm, torch.Tensor) and norm.ndim == 0
     assert isinstance(clipped, torch.Tensor) and clipped.dtype == torch.bool
+
+
+# ------------------------------------------------------------------- the norm after clipping
+@pytest.mark.parametrize(("method", "threshold"), [("none", None), ("norm", 2.0), ("norm", 100.0)])
+def test_norm_after_is_the_clipped_gradients_norm(method, threshold):
+    ps = params([3.0, 4.0], [12.0])  # norm 13
+    clipper = clipping.make(method, threshold)
+    norm, _ = clipper(ps)
+    after = torch.linalg.vector_norm(torch.cat([p.grad.reshape(-1) for p in ps]))
+    assert clipping.norm_after(clipper).item() == pytest.approx(after.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("method", ["value", "agc", "autoclip", "zclip"])
+def test_norm_after_is_unknown_where_it_does_not_follow_from_the_norm(method):
+    clipper = clipping.make(method, 1.0)
+    clipper(params([3.0, 4.0]))
+    assert clipping.norm_after(clipper) is None
+
+
+def test_norm_after_an_inf_norm_is_not_finite():
+    clipper = clipping.make("norm", 1.0)
+    clipper(params([math.inf, 1.0]))
+    assert not math.isfinite(clipping.norm_after(clipper).item())

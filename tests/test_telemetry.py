@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from gradtune.telemetry import UpdateRatio, flatten_
+from gradtune.telemetry import UpdateRatio, flatten_, sgd_direction
 
 
 @pytest.fixture(params=["flat", "foreach"])
@@ -152,3 +152,83 @@ def test_a_flat_model_trains_exactly_as_the_original():
             out.append(loss.item())
         return out
     assert losses(flat=True) == losses(flat=False)
+
+
+# --------------------------------------------- SGD's own step instead of a copy
+def two_layer(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1))
+
+
+def measured_and_read(model, make_opt, steps=6, norm_of=None):
+    """Each step's ratio measured by copying the weights and read from SGD's step, side by
+    side on the same steps."""
+    weights = list(model.parameters())
+    flat = flatten_(weights)
+    opt = make_opt(model)
+    copy, read = UpdateRatio(weights, flat=flat), UpdateRatio(weights, flat=flat, optimizer=opt)
+    assert copy.copies and not read.copies
+    pairs = []
+    for _ in range(steps):
+        opt.zero_grad()
+        model(torch.randn(32, 8)).pow(2).mean().backward()
+        given = norm_of(weights) if norm_of else None
+        copy.before_step()
+        read.before_step()
+        opt.step()
+        pairs.append((copy.after_step().item(), read.after_step(given).item()))
+    return pairs
+
+
+@pytest.mark.parametrize("make_opt", [
+    lambda m: torch.optim.SGD(m.parameters(), lr=0.1),
+    lambda m: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9),
+    lambda m: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=0.01, dampening=0.5),
+    lambda m: torch.optim.SGD([{"params": m[0].parameters(), "lr": 0.3},
+                               {"params": m[2].parameters(), "momentum": 0.5}], lr=0.05),
+], ids=["plain", "momentum", "decay-dampening", "two-groups"])
+def test_sgds_step_gives_the_ratio_a_copy_measures(make_opt):
+    for copied, read in measured_and_read(two_layer(), make_opt):
+        assert read == pytest.approx(copied, rel=1e-4)
+
+
+def test_a_given_gradient_norm_is_used_by_plain_sgd():
+    """Plain SGD steps by the gradient: handed the gradients' norm (after clipping), the
+    ratio needs no norm of its own, and agrees with the copy."""
+    def grad_norm(weights):
+        return torch.linalg.vector_norm(torch.cat([w.grad.reshape(-1) for w in weights]))
+    pairs = measured_and_read(two_layer(), lambda m: torch.optim.SGD(m.parameters(), lr=0.2),
+                              norm_of=grad_norm)
+    for copied, read in pairs:
+        assert read == pytest.approx(copied, rel=1e-4)
+
+
+@pytest.mark.parametrize("make_opt", [
+    lambda m: torch.optim.Adam(m.parameters(), lr=0.1),
+    lambda m: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, nesterov=True),
+    lambda m: torch.optim.SGD(m.parameters(), lr=0.1, maximize=True),
+    lambda m: torch.optim.SGD(m.parameters(), lr=0.1, weight_decay=0.01),  # decay, no momentum
+    lambda m: torch.optim.SGD(m[0].parameters(), lr=0.1),  # other weights than the ratio's
+], ids=["adam", "nesterov", "maximize", "decay-without-momentum", "other-weights"])
+def test_other_steps_are_measured_by_copying(make_opt):
+    model = two_layer()
+    weights = list(model.parameters())
+    assert not sgd_direction(make_opt(model), weights)
+    ratio = UpdateRatio(weights, optimizer=make_opt(model))
+    assert ratio.copies and ratio.optimizer is None
+
+
+def test_half_precision_weights_are_measured_by_copying():
+    model = two_layer().to(torch.bfloat16)
+    weights = list(model.parameters())
+    assert not sgd_direction(torch.optim.SGD(weights, lr=0.1), weights)
+
+
+def test_sgd_ratio_of_a_non_finite_gradient_is_not_finite():
+    model = tiny()
+    opt = torch.optim.SGD([model.weight], lr=0.1, momentum=0.9)
+    ratio = UpdateRatio([model.weight], optimizer=opt)
+    model.weight.grad = torch.tensor([[math.nan, 1.0]])
+    ratio.before_step()
+    opt.step()
+    assert math.isnan(ratio.after_step().item())

@@ -81,6 +81,26 @@ def test_a_verdict_report_carries_the_last_steps_before_it():
     assert trial.last_steps(spec(**{"divergence.window": 1000})) == outcome.MAX_WINDOW
 
 
+def test_without_a_rule_that_reads_it_the_update_ratio_is_measured_on_report_steps_only():
+    diverging = {"workload.options": {"depth": 10, "width": 32, "activation": "relu"},
+                 "training.steps": 100, "divergence.window": 8,
+                 "training.optimizer": {"name": "sgd", "lr": 0.4, "momentum": 0.9}}
+    on_reports, on = run({"norm": "none"}, **diverging)
+    off_reports, off = run({"norm": "none"}, **diverging, **{"divergence.update_ratio": None,
+                                                              "divergence.loss_factor": None})
+    assert on["divergence_reason"].startswith("one update moved the weights")
+    assert off["divergence_step"] > on["divergence_step"]  # a gradient rule, a step later
+    # The same trajectory: each report's last step has the same ratio.
+    assert len(off_reports) > 4
+    for a, b in zip(on_reports[:-1], off_reports[:-1]):
+        assert b["update_ratio"] == pytest.approx(a["update_ratio"], rel=1e-6)
+    assert all(math.isfinite(r[3]) for r in on[outcome.WINDOW])
+    # Without the rules, only the report steps' ratios were measured (the verdict's not).
+    assert [math.isfinite(r[3]) for r in off[outcome.WINDOW]] == [
+        int(r[0]) % 5 == 0 for r in off[outcome.WINDOW]]
+    assert math.isnan(off["update_ratio"])
+
+
 @pytest.mark.slow
 def test_same_with_layer_norm_does_not_diverge():
     _, last = run({"norm": "layer", "init_scale": 4.0},
