@@ -131,7 +131,8 @@ class UpdateRatio:
         assert self.optimizer is not None
         groups = self.optimizer.param_groups
         if grad_norm is not None and len(groups) == 1 and not groups[0]["momentum"]:
-            return self.lrs[0] * grad_norm
+            step: Tensor = self.lrs[0] * grad_norm
+            return step
         squares = []
         for group, lr in zip(groups, self.lrs):
             if group["momentum"]:
