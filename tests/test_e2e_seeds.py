@@ -19,9 +19,8 @@ def test_three_seeds_per_configuration_log_p_diverged_and_each_seed(ray_session,
     """lr 0.5 and 0.8 on a plain depth-10 MLP with SGD momentum 0.9 (measured: at 0.5 seed 0
     diverges at step 14, seeds 1-2 train; at 0.8 all three diverge, at steps 47, 4 and 5; at
     0.4 seed 1 diverged at step 59 of 60 on one CPU and trained on another). Parallel seeds
-    asked for: with 1
-    CPU per seed the 2 CPUs cannot hold 2 such trials and the seeds take turns; with 0.25
-    seeds 1-2 train in actors of their own."""
+    asked for: with 1 CPU per seed the 2 CPUs cannot hold 2 such trials and the seeds take
+    turns; with 0.25 seeds 1-2 train in actors of their own."""
     spec = tiny_spec(**{
         "resources.cpu": cpu,
         "resources.parallel_seeds": True,
