@@ -135,12 +135,15 @@ class UpdateRatio:
             return step
         squares = []
         for group, lr in zip(groups, self.lrs):
+            # SGD steps only the weights that have a gradient this step; another's buffer,
+            # left from an earlier step, does not move it.
+            stepped = [p for p in group["params"] if p.grad is not None]
             if group["momentum"]:
                 state = self.optimizer.state
-                d = [state[p]["momentum_buffer"] for p in group["params"] if p in state
-                     and state[p].get("momentum_buffer") is not None]
+                d = [state[p]["momentum_buffer"] for p in stepped
+                     if p in state and state[p].get("momentum_buffer") is not None]
             else:
-                d = [p.grad for p in group["params"] if p.grad is not None]
+                d = [p.grad for p in stepped]
             if d:
                 squares.append((lr * get_total_norm(d, 2.0)) ** 2)
         if not squares:

@@ -232,3 +232,22 @@ def test_sgd_ratio_of_a_non_finite_gradient_is_not_finite():
     ratio.before_step()
     opt.step()
     assert math.isnan(ratio.after_step().item())
+
+
+def test_a_weight_without_a_gradient_this_step_is_not_counted_with_momentum():
+    """SGD leaves a weight whose gradient is None alone, whatever its momentum buffer holds
+    from an earlier step: the read ratio agrees with the copy on such a step."""
+    model = two_layer()
+    weights = list(model.parameters())
+    opt = torch.optim.SGD(weights, lr=0.1, momentum=0.9)
+    copy, read = UpdateRatio(weights), UpdateRatio(weights, optimizer=opt)
+    for only_first in (False, True):
+        opt.zero_grad(set_to_none=True)
+        model(torch.randn(32, 8)).pow(2).mean().backward()
+        if only_first:
+            for w in weights[2:]:
+                w.grad = None  # the last layer had no gradient this step
+        copy.before_step()
+        read.before_step()
+        opt.step()
+        assert read.after_step().item() == pytest.approx(copy.after_step().item(), rel=1e-4)
