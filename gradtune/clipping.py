@@ -64,11 +64,14 @@ def _coef(norm: Tensor, limit: Tensor | float) -> Tensor:
     return torch.where(norm > limit, limit / (norm + 1e-6), torch.ones_like(norm))
 
 
-def _scale_to(grads: list[Tensor], limit: Tensor | float, norm: Tensor) -> None:
+def _scale_to(grads: list[Tensor], limit: Tensor | float, norm: Tensor) -> Tensor:
     """Scale ``grads`` so their global norm is at most ``limit``, without a host sync
-    (``clip_grads_with_norm_`` would call ``float()`` on a tensor limit)."""
+    (``clip_grads_with_norm_`` would call ``float()`` on a tensor limit). Returns the factor
+    (:func:`_coef`)."""
+    coef = _coef(norm, limit)
     if grads:
-        torch._foreach_mul_(grads, _coef(norm, limit))
+        torch._foreach_mul_(grads, coef)
+    return coef
 
 
 def _no(norm: Tensor) -> Tensor:
@@ -89,10 +92,7 @@ class NormClip:
     def __call__(self, params: Params) -> tuple[Tensor, Tensor]:
         grads = _grads(params)
         norm = get_total_norm(grads, 2.0)
-        coef = _coef(norm, self.threshold)
-        if grads:
-            torch._foreach_mul_(grads, coef)
-        self.after = norm * coef  # see norm_after
+        self.after = norm * _scale_to(grads, self.threshold, norm)  # see norm_after
         return norm, norm > self.threshold
 
 

@@ -92,11 +92,6 @@ class UpdateRatio:
         self.weight_norm: Tensor | None = None
         self.lrs: list[Any] = []
 
-    @property
-    def copies(self) -> bool:
-        """Whether the ratio is measured by copying the weights (not read from SGD's step)."""
-        return bool(self.before)
-
     @torch.no_grad()
     def before_step(self) -> None:
         if not self.enabled:

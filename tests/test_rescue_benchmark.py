@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests import _benchmarks
 
-
-def _load():
-    spec = importlib.util.spec_from_file_location("rescue_benchmark", ROOT / "benchmarks" / "rescue.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["rescue_benchmark"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-B = _load()
+B = _benchmarks.load("rescue")
 
 
 @pytest.mark.parametrize(("d", "latest"), [(30, 10), (39, 10), (40, 20), (268, 240)])

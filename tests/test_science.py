@@ -4,28 +4,14 @@ in ``docs/science.md`` over three seeds); here they run with seed 0."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
 from gradtune.workloads.rnn_adding import TRIVIAL_MSE
+from tests import _benchmarks
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _load_science():
-    spec = importlib.util.spec_from_file_location("science", ROOT / "benchmarks" / "science.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["science"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-S = _load_science()
+S = _benchmarks.load("science")
 LN10 = math.log(10)
 
 

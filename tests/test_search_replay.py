@@ -4,26 +4,13 @@ API, so an API change there fails here rather than in a 15-minute benchmark run.
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests import _benchmarks
 
-
-def _load_replay():
-    spec = importlib.util.spec_from_file_location("search_replay", ROOT / "benchmarks" / "search_replay.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["search_replay"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-R = _load_replay()
+R = _benchmarks.load("search_replay")
 INITS = [0.5, 0.7, 1.0, 1.4, 2.0]
 LRS = [0.01, 0.1, 1.0, 3.0]
 

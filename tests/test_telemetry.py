@@ -167,7 +167,7 @@ def measured_and_read(model, make_opt, steps=6, norm_of=None):
     flat = flatten_(weights)
     opt = make_opt(model)
     copy, read = UpdateRatio(weights, flat=flat), UpdateRatio(weights, flat=flat, optimizer=opt)
-    assert copy.copies and not read.copies
+    assert copy.optimizer is None and copy.before and read.optimizer is opt and not read.before
     pairs = []
     for _ in range(steps):
         opt.zero_grad()
@@ -215,7 +215,7 @@ def test_other_steps_are_measured_by_copying(make_opt):
     weights = list(model.parameters())
     assert not sgd_direction(make_opt(model), weights)
     ratio = UpdateRatio(weights, optimizer=make_opt(model))
-    assert ratio.copies and ratio.optimizer is None
+    assert ratio.before and ratio.optimizer is None
 
 
 def test_half_precision_weights_are_measured_by_copying():
